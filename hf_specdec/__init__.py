@@ -1,0 +1,43 @@
+"""hf_specdec: lossless speculative decoding inside `transformers.generate`.
+
+    import hf_specdec
+    target, tok = hf_specdec.default_target()
+    draft = hf_specdec.FSPADDraftModel.from_target(target)
+    out = target.generate(ids, assistant_model=draft, strategy="fspad", max_new_tokens=128)
+
+Importing the package registers the FSPAD model type with the Auto classes and installs the generate hook
+(`uninstall_generate_hook()` removes it; `custom_generate=hf_specdec.fspad_generate` works without it).
+"""
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel
+
+from .default_model import default_target, default_target_path
+from .draft import FSPADConfig, FSPADDraftModel
+from .hook import install_generate_hook, specdec_generate, uninstall_generate_hook
+from .strategies import STRATEGIES, SpecDecodeOutput, SpecDecodeStats, fspad_generate
+
+__version__ = "0.1.0"
+
+# A folder usable as `generate(custom_generate=CUSTOM_GENERATE_DIR, trust_remote_code=True, strategy=...)`.
+CUSTOM_GENERATE_DIR = str(Path(__file__).parent / "hub")
+
+AutoConfig.register(FSPADConfig.model_type, FSPADConfig, exist_ok=True)
+AutoModel.register(FSPADConfig, FSPADDraftModel, exist_ok=True)
+install_generate_hook()
+
+__all__ = [
+    "CUSTOM_GENERATE_DIR",
+    "FSPADConfig",
+    "FSPADDraftModel",
+    "STRATEGIES",
+    "SpecDecodeOutput",
+    "SpecDecodeStats",
+    "default_target",
+    "default_target_path",
+    "fspad_generate",
+    "install_generate_hook",
+    "specdec_generate",
+    "uninstall_generate_hook",
+]

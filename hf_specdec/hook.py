@@ -1,0 +1,101 @@
+"""`generate(strategy=...)`: the one place where hf_specdec meets `GenerationMixin.generate`.
+
+transformers has no registry of decoding modes, but it lets a callable replace the decoding loop
+(`custom_generate=callable`) after doing all of its own preparation: generation-config merge, validation,
+logits processors, stopping criteria, attention mask and cache. The hook therefore only picks the strategy
+and hands stock `generate` the strategy's loop, with the arguments transformers does not forward to such a
+callable (assistant model, streamer, tokenizer) bound to it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from transformers import GenerationConfig, StoppingCriteriaList
+from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers.generation.utils import GenerationMixin
+
+from .strategies import STRATEGIES
+
+_STOCK_GENERATE = GenerationMixin.generate
+_UNSET = object()
+
+
+def _requested_strategy(model, generation_config, strategy):
+    if strategy is not _UNSET:
+        return strategy
+    for config in (generation_config, getattr(model, "generation_config", None)):
+        if isinstance(config, GenerationConfig) and getattr(config, "strategy", None) is not None:
+            return config.strategy
+    return None
+
+
+def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UNSET, **kwargs):
+    """`model.generate` with `strategy=` understood; without a strategy it is stock `generate`, untouched."""
+    name = _requested_strategy(model, generation_config, strategy)
+    if name is None:
+        return _STOCK_GENERATE(model, inputs, generation_config, **kwargs)
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}; available strategies: {', '.join(sorted(STRATEGIES))}.")
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("Pass either strategy= or custom_generate=, not both.")
+    decode = STRATEGIES[name]
+    bound = {
+        "draft_model": kwargs.pop("assistant_model", None),
+        "streamer": kwargs.pop("streamer", None),
+        "tokenizer": kwargs.pop("tokenizer", None),
+    }
+    if generation_config is not None:  # a copy: strip our key so transformers sees a plain config
+        generation_config = GenerationConfig.from_dict(
+            {k: v for k, v in generation_config.to_dict().items() if k != "strategy"}
+        )
+    # transformers drops the tokenizer on the callable path, so stop strings are turned into a criterion here.
+    stop_strings = kwargs.pop("stop_strings", None) or getattr(generation_config, "stop_strings", None)
+    if stop_strings:
+        if bound["tokenizer"] is None:
+            raise ValueError("stop_strings needs the tokenizer: pass tokenizer=... to generate.")
+        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(StopStringCriteria(tokenizer=bound["tokenizer"], stop_strings=stop_strings))
+        kwargs["stopping_criteria"] = criteria
+        if generation_config is not None:
+            generation_config.stop_strings = None
+    with _model_default_strategy_hidden(model):
+        return _STOCK_GENERATE(
+            model, inputs, generation_config, custom_generate=functools.partial(decode, **bound), **kwargs
+        )
+
+
+class _model_default_strategy_hidden:
+    """transformers validates the model's generation_config; hide our `strategy` entry from it meanwhile."""
+
+    def __init__(self, model):
+        self.config = getattr(model, "generation_config", None)
+        self.value = getattr(self.config, "strategy", None) if self.config is not None else None
+
+    def __enter__(self):
+        if self.value is not None:
+            del self.config.strategy
+
+    def __exit__(self, *exc):
+        if self.value is not None:
+            self.config.strategy = self.value
+
+
+@functools.wraps(_STOCK_GENERATE)
+def _generate_method(self, inputs=None, generation_config=None, *args, strategy=_UNSET, **kwargs):
+    if args:
+        if strategy is _UNSET and getattr(generation_config, "strategy", None) is None \
+                and getattr(getattr(self, "generation_config", None), "strategy", None) is None:
+            return _STOCK_GENERATE(self, inputs, generation_config, *args, **kwargs)
+        raise TypeError("With strategy=, pass generate's arguments after generation_config by keyword.")
+    return specdec_generate(self, inputs, generation_config, strategy=strategy, **kwargs)
+
+
+def install_generate_hook() -> None:
+    """Let every transformers model's `generate` accept `strategy=` (done on `import hf_specdec`)."""
+    GenerationMixin.generate = _generate_method
+
+
+def uninstall_generate_hook() -> None:
+    """Restore stock `generate`; `custom_generate=hf_specdec.fspad_generate` keeps working without the hook."""
+    GenerationMixin.generate = _STOCK_GENERATE

@@ -1,0 +1,9 @@
+"""Decoding strategies reachable through `generate(strategy=...)`. Each is a transformers decoding-loop
+callable: (model, input_ids, logits_processor, stopping_criteria, generation_config, **kwargs)."""
+
+from .common import SpecDecodeOutput, SpecDecodeStats
+from .fspad import fspad_generate
+
+STRATEGIES = {"fspad": fspad_generate}
+
+__all__ = ["STRATEGIES", "SpecDecodeOutput", "SpecDecodeStats", "fspad_generate"]

@@ -1,0 +1,87 @@
+"""Lossless verification rules for draft trees (research/fspad.md section 5).
+
+Each rule takes the tree and the target's processed next-token scores at every node and returns a
+`Verdict`: the accepted path (root first) and the token the target emits after it. The rules are pure:
+tensors in, tensors out; randomness only through `torch` generators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tree.structure import DraftTree
+
+
+@dataclass
+class Verdict:
+    """path [B, P]: accepted node indices, root first; next_tokens [B]: the bonus / correction token."""
+
+    path: torch.Tensor
+    next_tokens: torch.Tensor
+
+    @property
+    def accepted_tokens(self) -> int:
+        """Draft tokens accepted (the root is not a draft token)."""
+        return self.path.shape[1] - 1
+
+
+def verify_greedy(tree: DraftTree, scores: torch.Tensor) -> Verdict:
+    """Greedy rule: a node is accepted iff its token is the target's argmax at its parent, and so are all of
+    its ancestors; the deepest accepted node ends the path, and the target's argmax there is the bonus token.
+    The emitted tokens are exactly those of greedy decoding. scores [B, N, V]."""
+    if tree.tokens.shape[0] != 1:
+        raise NotImplementedError("verify_greedy handles batch size 1")
+    target_next = scores.argmax(-1)  # [B, N]: the target's token after each node
+    chosen_at_parent = target_next.gather(1, tree.parents.clamp(min=0))
+    match = (tree.tokens == chosen_at_parent) | (tree.parents < 0)
+    valid = ~(tree.ancestors & ~match[:, None, :]).any(-1)  # every node on the path matches
+    deepest = torch.where(valid, tree.depths, -1).argmax(-1)  # [B]; the valid path is unique
+    path = tree.ancestors[0, deepest[0]].nonzero().flatten()[None]  # index order is depth order
+    return Verdict(path=path, next_tokens=target_next.gather(1, deepest[:, None]).squeeze(1))
+
+
+def accept_deterministic_drafts(p: torch.Tensor, drafts: torch.Tensor, generator=None) -> tuple[int, torch.Tensor]:
+    """Recursive rejection sampling with one-hot (deterministic) drafts, for one node.
+
+    p [V]: the target distribution at the node; drafts [m]: distinct candidate tokens, in the order tried.
+    Try x_1..x_m: accept x_j with probability p_j(x_j), where p_1 = p and p_{j+1} = norm(p_j with x_j set
+    to 0) -- the residual (p_j - q_j)+ of a one-hot draft q_j = 1[x_j]. If all are rejected, emit a sample
+    of p_{m+1}. The emitted token is distributed exactly as p.
+
+    Returns (j, p_j): j = index of the accepted draft, or -1 and the residual to sample from.
+    """
+    residual = p.clone()
+    for j, x in enumerate(drafts.tolist()):
+        mass = residual.sum()
+        if mass <= 0:
+            break
+        u = torch.rand((), generator=generator, device=p.device)
+        if u * mass < residual[x]:
+            return j, residual
+        residual[x] = 0.0
+    return -1, residual
+
+
+def verify_sampling(tree: DraftTree, probs: torch.Tensor, generator=None) -> Verdict:
+    """Sampling rule for trees of deterministic (top-k) drafts: walk down from the root, at each node try its
+    children in tree order with `accept_deterministic_drafts`; the first accepted child becomes the current
+    node; if all are rejected (or the node is a leaf) sample the next token from the residual / the target.
+    probs [B, N, V]: the target's processed probabilities after each node. Lossless in distribution."""
+    if tree.tokens.shape[0] != 1:
+        raise NotImplementedError("verify_sampling handles batch size 1")
+    parents, tokens = tree.parents[0], tree.tokens[0]
+    node, path = 0, [0]
+    while True:
+        children = (parents == node).nonzero().flatten()
+        p = probs[0, node].float()
+        j, residual = accept_deterministic_drafts(p, tokens[children], generator)
+        if j < 0:
+            if residual.sum() <= 0:  # every token of p was drafted and rejected: cannot happen unless p is 0
+                residual = p
+            next_token = torch.multinomial(residual / residual.sum(), 1, generator=generator)
+            break
+        node = int(children[j])
+        path.append(node)
+    return Verdict(path=torch.tensor([path], device=tokens.device), next_tokens=next_token)
