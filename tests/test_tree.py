@@ -1,0 +1,129 @@
+"""The tree pieces on their own: growth, structure, masks, cache compaction."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from hf_specdec.tree import (
+    DraftTree,
+    check_compactable,
+    compact_cache,
+    crop_cache,
+    grow_tree,
+    tree_attention_mask,
+    tree_position_ids,
+)
+
+
+def random_expand(vocab, hidden, seed=0):
+    """A fake draft: random log-probs; records what it was fed."""
+    gen = torch.Generator().manual_seed(seed)
+    calls = []
+
+    def expand(tokens, features, slot_ancestors, depth):
+        calls.append((tokens.clone(), slot_ancestors.clone(), depth))
+        B, k = tokens.shape
+        return torch.randn(B, k, vocab, generator=gen).log_softmax(-1), torch.randn(B, k, hidden, generator=gen)
+
+    return expand, calls
+
+
+@pytest.mark.parametrize("top_k,depth,total", [(1, 1, 2), (2, 3, 6), (3, 4, 12), (4, 4, 16), (5, 6, 60), (4, 3, 200)])
+def test_grown_tree_is_a_valid_best_first_tree(top_k, depth, total):
+    vocab = 50
+    gen = torch.Generator().manual_seed(top_k * 100 + depth)
+    root_lp = torch.randn(1, vocab, generator=gen).log_softmax(-1)
+    expand, calls = random_expand(vocab, 8, seed=depth)
+    tree = grow_tree(expand, torch.tensor([7]), root_lp, torch.zeros(1, 8), top_k, depth, total)
+    n_cand = top_k + (depth - 1) * top_k * top_k
+    assert tree.num_nodes == min(total - 1, n_cand) + 1
+    assert len(calls) == depth - 1
+    parents, depths = tree.parents[0], tree.depths[0]
+    assert parents[0] == -1 and tree.tokens[0, 0] == 7
+    assert (parents[1:] < torch.arange(1, tree.num_nodes)).all() and (parents[1:] >= 0).all()
+    assert torch.equal(depths[1:], depths[parents[1:]] + 1)
+    assert depths.max() <= depth
+    for i in range(1, tree.num_nodes):  # siblings are distinct tokens (deterministic top-k drafts)
+        sib = tree.tokens[0, parents == parents[i]]
+        assert len(set(sib.tolist())) == len(sib)
+
+
+def test_growth_keeps_the_highest_scoring_paths():
+    # Depth-2 tree where the root's second child has a far better child than anything else.
+    vocab = 6
+    root_lp = torch.tensor([[0.6, 0.4, 0, 0, 0, 0]]).clamp(min=1e-9).log()
+
+    def expand(tokens, features, slot_ancestors, depth):
+        lp = torch.full((1, 2, vocab), 1e-9)
+        lp[0, 0, 2], lp[0, 0, 3] = 0.5, 0.5  # children of token 0: 0.6*0.5 = 0.3 each
+        lp[0, 1, 4], lp[0, 1, 5] = 0.99, 0.01  # children of token 1: 0.396, 0.004
+        return lp.log(), torch.zeros(1, 2, 4)
+
+    tree = grow_tree(expand, torch.tensor([9]), root_lp, torch.zeros(1, 4), top_k=2, depth=2, total_tokens=5)
+    kept = {(int(tree.tokens[0, tree.parents[0, i]]), int(tree.tokens[0, i])) for i in range(1, 5)}
+    assert kept == {(9, 0), (9, 1), (1, 4), (0, 2)} or kept == {(9, 0), (9, 1), (1, 4), (0, 3)}
+
+
+def test_expand_sees_each_frontier_nodes_ancestors():
+    vocab, k = 30, 3
+    expand, calls = random_expand(vocab, 4, seed=3)
+    grow_tree(expand, torch.tensor([1]), torch.randn(1, vocab).log_softmax(-1), torch.zeros(1, 4), k, 4, 40)
+    for level, (tokens, anc, depth) in enumerate(calls, start=1):
+        assert depth == level
+        assert anc.shape == (1, k, level * k)
+        assert (anc.sum(-1) == level).all()  # self plus one ancestor per earlier level
+        assert anc[0, :, -k:].equal(torch.eye(k, dtype=torch.bool))
+
+
+def test_from_parents_and_path_tokens():
+    #        0(r)
+    #       /    \
+    #      1      2
+    #     / \      \
+    #    3   4      5
+    tokens = torch.tensor([[10, 11, 12, 13, 14, 15]])
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2]])
+    tree = DraftTree.from_parents(tokens, parents)
+    assert tree.depths.tolist() == [[0, 1, 1, 2, 2, 2]]
+    assert tree.ancestors[0, 4].nonzero().flatten().tolist() == [0, 1, 4]
+    assert tree.ancestors[0, 5].nonzero().flatten().tolist() == [0, 2, 5]
+    assert tree.path_tokens()[0].tolist() == [[0, 0], [11, 0], [12, 0], [11, 13], [11, 14], [12, 15]]
+
+
+def test_tree_mask_and_positions():
+    tree = DraftTree.from_parents(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[-1, 0, 0, 1]]))
+    mask = tree_attention_mask(tree.ancestors, prefix_len=3, dtype=torch.float32)
+    assert mask.shape == (1, 1, 4, 7)
+    visible = mask[0, 0] == 0
+    assert visible[:, :3].all()
+    assert visible[:, 3:].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]
+    assert (mask[0, 0][~visible] == torch.finfo(torch.float32).min).all()
+    assert tree_position_ids(tree.depths, 3).tolist() == [[3, 4, 4, 5]]
+
+
+def test_compact_and_crop_cache():
+    cache = DynamicCache()
+    k = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 2, 10, 3).contiguous()
+    for layer in range(3):
+        cache.update(k + layer, k - layer, layer)
+    compact_cache(cache, torch.tensor([0, 1, 2, 5, 8]))
+    assert cache.get_seq_length() == 5
+    for layer in range(3):
+        assert cache.layers[layer].keys[0, 1, :, 0].tolist() == [v + layer for v in (0, 1, 2, 5, 8)]
+        assert cache.layers[layer].values[0, 0, :, 2].tolist() == [v - layer for v in (0, 1, 2, 5, 8)]
+    crop_cache(cache, 3)
+    assert cache.get_seq_length() == 3
+    crop_cache(cache, 7)  # longer than the cache: nothing to do
+    assert cache.get_seq_length() == 3
+
+
+def test_non_dynamic_caches_are_refused():
+    from transformers import LlamaConfig, StaticCache
+
+    config = LlamaConfig(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1)
+    with pytest.raises(ValueError, match="DynamicCache of full-attention layers"):
+        check_compactable(StaticCache(config=config, max_cache_len=16))
+    sliding = DynamicCache(config=LlamaConfig(**{**config.to_dict(), "sliding_window": 4, "layer_types": ["sliding_attention"]}))
+    with pytest.raises(ValueError, match="DynamicSlidingWindowLayer"):
+        check_compactable(sliding)
+    check_compactable(DynamicCache())

@@ -1,0 +1,83 @@
+"""The verification rules on their own."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from hf_specdec.tree import DraftTree
+from hf_specdec.verification import accept_deterministic_drafts, verify_greedy, verify_sampling
+
+
+def one_hot_scores(n_nodes, vocab, argmaxes):
+    scores = torch.zeros(1, n_nodes, vocab)
+    scores[0, torch.arange(n_nodes), torch.tensor(argmaxes)] = 5.0
+    return scores
+
+
+def test_greedy_accepts_the_longest_matching_path():
+    #      0 (root)
+    #    1(a=3)   2(b=4)
+    #    3(c=5)   4(d=6)   <- 3 under 1, 4 under 2
+    tree = DraftTree.from_parents(torch.tensor([[0, 3, 4, 5, 6]]), torch.tensor([[-1, 0, 0, 1, 2]]))
+    # target: after root -> 4, after node 2 -> 6, after node 4 -> 9 (bonus)
+    verdict = verify_greedy(tree, one_hot_scores(5, 10, [4, 0, 6, 0, 9]))
+    assert verdict.path.tolist() == [[0, 2, 4]] and verdict.next_tokens.tolist() == [9]
+    # target disagrees with every child: only the root, and the target's own token
+    verdict = verify_greedy(tree, one_hot_scores(5, 10, [7, 0, 0, 0, 0]))
+    assert verdict.path.tolist() == [[0]] and verdict.next_tokens.tolist() == [7]
+    # a deep node whose parent was rejected is not accepted even if it matches its own parent
+    verdict = verify_greedy(tree, one_hot_scores(5, 10, [3, 1, 6, 0, 0]))
+    assert verdict.path.tolist() == [[0, 1]] and verdict.next_tokens.tolist() == [1]
+
+
+def emitted_histogram(p, drafts, draws, rule=accept_deterministic_drafts, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(len(p))
+    for _ in range(draws):
+        j, residual = rule(p, drafts, gen)
+        token = drafts[j] if j >= 0 else torch.multinomial(residual / residual.sum(), 1, generator=gen)[0]
+        counts[token] += 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    "p,drafts",
+    [
+        ([0.5, 0.3, 0.2, 0.0], [2, 0]),
+        ([0.1, 0.1, 0.1, 0.7], [0, 1, 2]),  # the target's favourite is not drafted
+        ([0.25, 0.25, 0.25, 0.25], [3, 2, 1, 0]),  # every token drafted
+        ([0.0, 1.0, 0.0, 0.0], [0, 1]),  # one-hot target, first draft impossible
+        ([0.6, 0.0, 0.4, 0.0], [1, 3]),  # only zero-probability drafts
+    ],
+)
+def test_deterministic_draft_rule_emits_exactly_p(p, drafts):
+    p, drafts = torch.tensor(p), torch.tensor(drafts)
+    draws = 6000
+    counts = emitted_histogram(p, drafts, draws)
+    support = p > 0
+    assert counts[~support].sum() == 0
+    if support.sum() > 1:
+        assert chisquare(counts[support], p[support] * draws).pvalue > 1e-3
+
+
+def test_chi_square_has_power_against_a_lossy_rule():
+    def accept_first(p, drafts, gen=None):  # always takes the first draft: not lossless
+        return 0, p
+
+    p, drafts = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([2, 0])
+    counts = emitted_histogram(p, drafts, 2000, rule=accept_first)
+    expected = p * 2000
+    assert chisquare(counts + 1e-9, expected).pvalue < 1e-6
+
+
+def test_sampling_walk_follows_accepted_children():
+    tree = DraftTree.from_parents(torch.tensor([[0, 1, 2, 3]]), torch.tensor([[-1, 0, 0, 1]]))
+    probs = torch.zeros(1, 4, 5)
+    probs[0, 0, 1] = 1.0  # root surely accepts node 1 (token 1)
+    probs[0, 1, 3] = 1.0  # node 1 surely accepts node 3 (token 3)
+    probs[0, 3, 4] = 1.0  # after the leaf: token 4
+    verdict = verify_sampling(tree, probs)
+    assert verdict.path.tolist() == [[0, 1, 3]] and verdict.next_tokens.tolist() == [4]
+    probs[0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])  # both children impossible: residual gives 4
+    verdict = verify_sampling(tree, probs)
+    assert verdict.path.tolist() == [[0]] and verdict.next_tokens.tolist() == [4]
