@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
@@ -76,6 +76,7 @@ class FSPADDraftModel(PreTrainedModel):
 
     def __init__(self, config: FSPADConfig):
         super().__init__(config)
+        self.generation_config = getattr(self, "generation_config", None)  # tree defaults, see save_pretrained
         H, I = config.hidden_size, config.intermediate_size
         self.fc = nn.Linear(2 * H, H, bias=True)
         if config.use_feature_sampling:
@@ -103,6 +104,26 @@ class FSPADDraftModel(PreTrainedModel):
                 module.bias.data.zero_()
         elif isinstance(module, LlamaRMSNorm):
             module.weight.data.fill_(1.0)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    # transformers keeps a generation_config only for models that generate; the head's carries the tree
+    # shape it was tuned for (tree_top_k, tree_depth, tree_total_tokens), so save and load it explicitly.
+    _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "subfolder", "local_files_only")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.generation_config is not None:
+            self.generation_config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub_kwargs = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        except OSError:  # a head saved without tree defaults
+            model.generation_config = None
+        return model
 
     # ----------------------------------------------------------------------------------------- pairing
     @classmethod

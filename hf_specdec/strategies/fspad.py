@@ -159,13 +159,13 @@ def fspad_generate(
             f"strategy='fspad' needs an FSPADDraftModel as assistant_model, got {type(head).__name__}. "
             "For an ordinary small draft LM use stock assisted generation (no strategy=)."
         )
+    check_generation_config("fspad", generation_config)
     if input_ids.shape[0] != 1:
         raise NotImplementedError(
             f"strategy='fspad' supports batch size 1 for now (got {input_ids.shape[0]}); call generate once per prompt."
         )
     if synced_gpus:
         raise NotImplementedError("strategy='fspad' does not support synced_gpus.")
-    check_generation_config("fspad", generation_config)
     check_model_kwargs("fspad", model_kwargs, {"attention_mask", "past_key_values", "use_cache", "position_ids", "logits_to_keep"})
     shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens)
     head.attach_target(model, tokenizer=tokenizer)

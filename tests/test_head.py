@@ -1,0 +1,125 @@
+"""The FSPAD head as a transformers model: variants, save/load, the Hub cache, pairing with a target."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, GenerationConfig
+
+from hf_specdec import FSPADConfig, FSPADDraftModel
+
+from conftest import tiny_target
+
+
+@pytest.mark.parametrize("variant,fs,pad", [("fspad", True, True), ("eagle2", False, False),
+                                            ("fs-only", True, False), ("pad-only", False, True)])
+def test_variants_have_the_papers_parameters(llama, variant, fs, pad):
+    head = FSPADDraftModel.from_target(llama, variant=variant)
+    H, I = 64, 128
+    assert head.config.variant == variant
+    eagle = 2 * H * H + H + (H * H + 2 * H * 32 + H * H) + 3 * H * I + H  # fc, attn (4 q heads, 2 kv), mlp, post-attn norm
+    expected = eagle + (3 * H * I + H if fs else 0) + (H * I if pad else 0)
+    assert sum(p.numel() for p in head.parameters()) == expected
+    out = head(torch.tensor([[1, 2, 3]]), torch.randn(1, 3, H))
+    assert out.hidden_states.shape == out.features.shape == (1, 3, H)
+    assert torch.equal(out.hidden_states, out.features) != pad  # PAD splits the two roles
+
+
+def test_save_load_round_trip_through_automodel(llama, llama_head, tmp_path):
+    llama_head.generation_config = GenerationConfig(tree_top_k=3, tree_depth=5, tree_total_tokens=12)
+    llama_head.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["config.json", "generation_config.json", "model.safetensors"]
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "fspad"
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, FSPADDraftModel)
+    assert loaded.generation_config.tree_depth == 5
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "model.safetensors").keys()
+    assert not any("embed" in k or "lm_head" in k for k in keys)  # borrowed from the target, never saved
+    for (n1, p1), (n2, p2) in zip(llama_head.state_dict().items(), loaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    ids = torch.tensor([[4, 5, 6]])
+    a = llama.generate(ids, assistant_model=llama_head, strategy="fspad", max_new_tokens=12, return_dict_in_generate=True)
+    b = llama.generate(ids, assistant_model=loaded, strategy="fspad", max_new_tokens=12, return_dict_in_generate=True)
+    assert torch.equal(a.sequences, b.sequences) and a.spec_stats.draft_forwards == b.spec_stats.draft_forwards
+
+
+def test_loads_by_repo_id_from_an_offline_hub_cache(llama_head, tmp_path, monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-fspad"
+    snap = repo / "snapshots" / commit
+    llama_head.save_pretrained(snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+    import transformers.utils.hub as tf_hub
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(tf_hub, "TRANSFORMERS_CACHE", str(tmp_path / "hub"), raising=False)
+    loaded = AutoModel.from_pretrained("someone/tiny-fspad", cache_dir=str(tmp_path / "hub"))
+    assert isinstance(loaded, FSPADDraftModel)
+    assert torch.equal(loaded.fc.weight, llama_head.fc.weight)
+
+
+def test_pairing_with_the_wrong_target_says_what_differs(llama_head):
+    with pytest.raises(ValueError, match="hidden size: head 64, target 32"):
+        llama_head.attach_target(tiny_target(hidden_size=32, intermediate_size=64))
+    with pytest.raises(ValueError, match="vocabulary size: head 128, target 256"):
+        llama_head.attach_target(tiny_target(vocab_size=256))
+    other = tiny_target(seed=99)  # same shapes, other weights
+    with pytest.raises(ValueError, match="embedding fingerprint"):
+        llama_head.attach_target(other)
+    with pytest.raises(ValueError, match="from_target"):
+        other.generate(torch.tensor([[1, 2]]), assistant_model=llama_head, strategy="fspad", max_new_tokens=3)
+
+
+def test_fingerprint_survives_a_dtype_change(llama, llama_head):
+    llama_head.attach_target(llama.to(torch.bfloat16))
+    llama.to(torch.float32)
+    llama_head.attach_target(llama)
+
+
+def test_tokenizer_mismatch_is_detected(llama):
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    tok = Tok({f"t{i}": i for i in range(128)})
+    head = FSPADDraftModel.from_target(llama, tokenizer=tok)
+    head.attach_target(llama, tokenizer=tok)
+    with pytest.raises(ValueError, match="tokenizer"):
+        head.attach_target(llama, tokenizer=Tok({f"u{i}": i for i in range(128)}))
+
+
+def test_reduced_draft_vocabulary_maps_back_to_target_ids(llama, tmp_path):
+    head = FSPADDraftModel.from_target(llama, draft_vocab_size=32)
+    head.draft_to_target.copy_(torch.arange(0, 128, 4))
+    head.attach_target(llama)
+    out = head(torch.tensor([[1, 2]]), torch.randn(1, 2, 64))
+    logits = head.compute_logits(out.hidden_states)
+    assert logits.shape == (1, 2, 32)
+    torch.testing.assert_close(logits, llama.lm_head(out.hidden_states)[..., ::4])
+    head.save_pretrained(tmp_path)
+    loaded = FSPADDraftModel.from_pretrained(tmp_path).attach_target(llama)
+    assert torch.equal(loaded.draft_to_target, head.draft_to_target)
+    ids = torch.tensor([[7, 8, 9]])
+    assert torch.equal(
+        llama.generate(ids, assistant_model=loaded, strategy="fspad", max_new_tokens=15),
+        llama.generate(ids, max_new_tokens=15, do_sample=False),
+    )
+
+
+def test_corrupted_checkpoint_is_a_clear_error(llama_head, tmp_path):
+    llama_head.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+        FSPADDraftModel.from_pretrained(tmp_path)
