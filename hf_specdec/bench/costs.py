@@ -1,0 +1,116 @@
+"""Cost of the pieces of one fspad cycle on this machine: a target verification forward over trees of several
+sizes, and one draft-head step (catch-up and tree expansion, full vs reduced draft vocabulary).
+
+    python -m hf_specdec.bench.costs --dtype bfloat16 --prefix 300 --out bench_results/costs.json
+
+Timings are medians of interleaved repetitions (every configuration measured once per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from ..default_model import default_target
+from ..draft import FSPADDraftModel
+from ..strategies.fspad import HeadDrafter, target_forward
+from ..strategies.common import SpecDecodeStats
+from ..tree import DraftTree, crop_cache, tree_attention_mask, tree_position_ids
+
+
+def _chain_and_fan_tree(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tree of n nodes shaped like EAGLE-2 output: a root with a few children and chains below them."""
+    parents = [-1] + [max(0, i - 4) for i in range(1, n)]
+    return torch.arange(100, 100 + n)[None], torch.tensor([parents])
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def run(dtype: str, prefix: int, rounds: int, tree_sizes: list[int], expand_widths: list[int], draft_vocabs: list[int]):
+    torch.set_grad_enabled(False)
+    model, tok = default_target(dtype=getattr(torch, dtype))
+    ids = torch.randint(100, 40000, (1, prefix), generator=torch.Generator().manual_seed(0))
+    cache = DynamicCache(config=model.config)
+    features, _ = target_forward(model, ids, cache, torch.arange(prefix)[None])
+
+    heads = {"full": FSPADDraftModel.from_target(model)}
+    for v in draft_vocabs:
+        heads[f"top{v}"] = FSPADDraftModel.from_target(model, draft_vocab_size=v)
+        heads[f"top{v}"].draft_to_target.copy_(torch.arange(v))
+        heads[f"top{v}"].attach_target(model)
+    drafters = {}
+    for name, head in heads.items():
+        drafter = HeadDrafter(head.to(model.dtype), SpecDecodeStats())
+        drafter.catch_up(ids, features, 0)
+        drafters[name] = drafter
+
+    jobs = {}
+    for n in tree_sizes:
+        tokens, parents = _chain_and_fan_tree(n)
+        tree = DraftTree.from_parents(tokens, parents)
+        mask = tree_attention_mask(tree.ancestors, prefix, model.dtype)
+        pos = tree_position_ids(tree.depths, prefix)
+
+        def verify(tree=tree, mask=mask, pos=pos):
+            target_forward(model, tree.tokens, cache, pos, mask)
+            crop_cache(cache, prefix)
+
+        jobs[("verify", n)] = verify
+    for name, drafter in drafters.items():
+        for q in (1, 3, 5):
+            def catch_up(drafter=drafter, q=q):
+                drafter.catch_up(ids[:, -q:], features[:, -q:], prefix - q)  # leaves `prefix` entries
+
+            jobs[(f"head_catch_up[{name}]", q)] = catch_up
+        for k in expand_widths:
+            expand = drafter.expand(prefix)
+            anc = torch.eye(k, dtype=torch.bool)[None]
+
+            def step(drafter=drafter, k=k, expand=expand, anc=anc):
+                expand(ids[:, :k], features[:, :k], anc, 1)
+                crop_cache(drafter.cache, prefix)
+
+            jobs[(f"head_expand[{name}]", k)] = step
+
+    for fn in jobs.values():  # warm-up
+        fn()
+    samples = {key: [] for key in jobs}
+    for _ in range(rounds):
+        for key, fn in jobs.items():
+            samples[key].append(_timed(fn))
+    return {f"{kind}:{size}": statistics.median(v) for (kind, size), v in samples.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--prefix", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--tree-sizes", type=int, nargs="+", default=[1, 4, 8, 12, 16, 24, 32, 48, 64])
+    parser.add_argument("--expand-widths", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--draft-vocabs", type=int, nargs="*", default=[8192, 16384])
+    parser.add_argument("--out", default="bench_results/costs.json")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    result = run(args.dtype, args.prefix, args.rounds, args.tree_sizes, args.expand_widths, args.draft_vocabs)
+    print(f"| piece ({args.dtype}, prefix {args.prefix}, torch threads {torch.get_num_threads()}) | median ms |")
+    print("|---|---|")
+    for key, ms in result.items():
+        print(f"| {key} | {ms:.2f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    meta = {"dtype": args.dtype, "prefix": args.prefix, "rounds": args.rounds, "threads": torch.get_num_threads()}
+    Path(args.out).write_text(json.dumps({"meta": meta, "median_ms": result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

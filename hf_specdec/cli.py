@@ -1,0 +1,26 @@
+"""`hf-specdec` command line: `hf-specdec demo`, `hf-specdec costs`."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "demo": ("hf_specdec.demo", "the default model with and without strategy='fspad': texts, tau, speedup"),
+    "costs": ("hf_specdec.bench.costs", "cost of a tree verification forward and of one head step"),
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: hf-specdec COMMAND [options]\n\ncommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:8s} {help_text}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    import importlib
+
+    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The main job: the default model answers a prompt with stock greedy `generate` and with strategy="fspad";
+prints both texts, whether they are identical, tau and the measured time ratio (interleaved runs, medians).
+
+    hf-specdec demo --prompt "..." --max-new-tokens 128 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from .default_model import default_target
+from .draft import FSPADDraftModel
+
+
+def load_draft(target, tokenizer, path: str | None):
+    if path:
+        return FSPADDraftModel.from_pretrained(path, dtype=target.dtype).attach_target(target, tokenizer), path
+    try:  # the shipped trained head, once there is one
+        from .heads import default_draft
+
+        return default_draft(target, tokenizer), "shipped head"
+    except (ImportError, FileNotFoundError):
+        torch.manual_seed(0)
+        return FSPADDraftModel.from_target(target, tokenizer=tokenizer), "untrained head (no trained head shipped yet)"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", default="Explain in a few sentences why the sky is blue.")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each method (interleaved)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--draft", default=None, help="a head folder or Hub id (default: the shipped head)")
+    args = parser.parse_args(argv)
+
+    target, tok = default_target(dtype=getattr(torch, args.dtype))
+    draft, draft_name = load_draft(target, tok, args.draft)
+    ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    common = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+
+    def stock():
+        return target.generate(ids, **common)
+
+    def fspad():
+        return target.generate(ids, assistant_model=draft, strategy="fspad", return_dict_in_generate=True,
+                               tokenizer=tok, **common)
+
+    stock(), fspad()  # warm-up
+    times = {"stock": [], "fspad": []}
+    for _ in range(args.runs):
+        for name, fn in (("stock", stock), ("fspad", fspad)):
+            start = time.perf_counter()
+            result = fn()
+            times[name].append(time.perf_counter() - start)
+            if name == "stock":
+                ref = result
+            else:
+                out = result
+    new = ref.shape[1] - ids.shape[1]
+    t_stock, t_fspad = statistics.median(times["stock"]), statistics.median(times["fspad"])
+    print(f"target: SmolLM2-135M-Instruct ({args.dtype}, CPU, {torch.get_num_threads()} threads); draft: {draft_name}")
+    print(f"prompt: {args.prompt}\n")
+    print("--- stock greedy generate ---")
+    print(tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True))
+    print("\n--- strategy='fspad' ---")
+    print(tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True))
+    print()
+    print(f"identical output: {torch.equal(ref, out.sequences)}")
+    print(f"tau (tokens per target forward): {out.spec_stats.tau:.2f}; target forwards: "
+          f"{out.spec_stats.target_forwards} for {out.spec_stats.new_tokens} tokens")
+    print(f"time, median of {args.runs}: stock {t_stock:.2f}s ({new / t_stock:.1f} tok/s), fspad {t_fspad:.2f}s "
+          f"({out.spec_stats.new_tokens / t_fspad:.1f} tok/s); speedup {t_stock / t_fspad:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

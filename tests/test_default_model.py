@@ -1,0 +1,73 @@
+"""The embedded SmolLM2-135M-Instruct target, in float32: fspad output equals stock greedy."""
+
+import pytest
+import torch
+
+import hf_specdec
+from hf_specdec import FSPADDraftModel
+
+from conftest import oracle_head
+
+pytestmark = pytest.mark.slow_model
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers and explain why they are prime.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    model, tok = hf_specdec.default_target(dtype=torch.float32)
+    return model, tok
+
+
+def chat_ids(tok, text):
+    return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt",
+                                   return_dict=True)["input_ids"]
+
+
+def test_default_target_is_smollm2(smollm):
+    model, tok = smollm
+    assert model.config.hidden_size == 576 and model.config.vocab_size == 49152
+    assert model.config.num_hidden_layers == 30 and tok.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("text", PROMPTS)
+def test_fspad_equals_stock_greedy_on_smollm2(smollm, text):
+    model, tok = smollm
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(model, tokenizer=tok)
+    ids = chat_ids(tok, text)
+    ref = model.generate(ids, max_new_tokens=24, do_sample=False)
+    out = model.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=24, tokenizer=tok)
+    assert torch.equal(out, ref)
+    # and with a head that gets most tokens right: long accepted paths through the real model
+    out = model.generate(ids, assistant_model=oracle_head(model, ref, accuracy=0.9), strategy="fspad",
+                         max_new_tokens=24, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref) and out.spec_stats.tau > 2
+
+
+def test_stop_strings_inside_an_accepted_path(smollm):
+    model, tok = smollm
+    ids = chat_ids(tok, PROMPTS[2])
+    free = model.generate(ids, max_new_tokens=30, do_sample=False)
+    text = tok.decode(free[0, ids.shape[1]:])
+    stop = text.split()[4]  # a word from the middle of the answer
+    ref = model.generate(ids, max_new_tokens=30, do_sample=False, stop_strings=[stop], tokenizer=tok)
+    out = model.generate(ids, assistant_model=oracle_head(model, free), strategy="fspad", max_new_tokens=30,
+                         stop_strings=[stop], tokenizer=tok)
+    assert torch.equal(out, ref) and out.shape[1] < free.shape[1]
+    with pytest.raises(ValueError, match="tokenizer"):
+        model.generate(ids, assistant_model=oracle_head(model, free), strategy="fspad", stop_strings=[stop])
+
+
+def test_head_made_with_another_tokenizer_is_refused(smollm, llama):
+    model, tok = smollm
+    head = FSPADDraftModel.from_target(model, tokenizer=tok)
+    head.config.target_tokenizer_hash = "0" * 16
+    with pytest.raises(ValueError, match="tokenizer"):
+        model.generate(chat_ids(tok, "Hi"), assistant_model=head, strategy="fspad", tokenizer=tok, max_new_tokens=2)
+    with pytest.raises(ValueError, match="hidden size: head 576, target 64"):
+        llama.generate(torch.tensor([[1, 2]]), assistant_model=head, strategy="fspad", max_new_tokens=2)
