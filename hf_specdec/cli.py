@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "demo": ("hf_specdec.demo", "the default model with and without strategy='fspad': texts, tau, speedup"),
     "costs": ("hf_specdec.bench.costs", "cost of a tree verification forward and of one head step"),
+    "ceiling": ("hf_specdec.bench.ceiling", "speed at a known draft accuracy (oracle head) per tree shape"),
 }
 
 

@@ -83,11 +83,10 @@ class _model_default_strategy_hidden:
 
 @functools.wraps(_STOCK_GENERATE)
 def _generate_method(self, inputs=None, generation_config=None, *args, strategy=_UNSET, **kwargs):
-    if args:
-        if strategy is _UNSET and getattr(generation_config, "strategy", None) is None \
-                and getattr(getattr(self, "generation_config", None), "strategy", None) is None:
-            return _STOCK_GENERATE(self, inputs, generation_config, *args, **kwargs)
-        raise TypeError("With strategy=, pass generate's arguments after generation_config by keyword.")
+    if args:  # stock's further positional parameters (logits_processor, ...): only meaningful without a strategy
+        if _requested_strategy(self, generation_config, strategy) is not None:
+            raise TypeError("With strategy=, pass generate's arguments after generation_config by keyword.")
+        return _STOCK_GENERATE(self, inputs, generation_config, *args, **kwargs)
     return specdec_generate(self, inputs, generation_config, strategy=strategy, **kwargs)
 
 

@@ -102,3 +102,12 @@ def test_bad_tree_shape(llama, llama_head, bad):
 def test_strategy_and_custom_generate_together(llama, llama_head):
     with pytest.raises(ValueError, match="either strategy= or custom_generate="):
         llama.generate(IDS, strategy="fspad", custom_generate=fspad_generate, assistant_model=llama_head)
+
+
+def test_positional_arguments_with_a_strategy(llama, llama_head):
+    from transformers import LogitsProcessorList
+
+    with pytest.raises(TypeError, match="by keyword"):
+        llama.generate(IDS, None, LogitsProcessorList(), strategy="fspad", assistant_model=llama_head)
+    out = llama.generate(IDS, None, LogitsProcessorList(), max_new_tokens=10, do_sample=False)
+    assert torch.equal(out, stock(llama))

@@ -1,0 +1,40 @@
+"""Test and benchmark helpers (like transformers.testing_utils): an oracle draft head."""
+
+from __future__ import annotations
+
+import torch
+
+from .draft import FSPADDraftModel
+
+
+class OracleHead(FSPADDraftModel):
+    """A "cheating" head: at head position t its top token is reference[t + 2] (the target's own
+    continuation) with probability `accuracy`, else a random token; the other candidates come from the
+    (untrained) head. Used to exercise long accepted paths in tests, and to measure what the engine delivers
+    at a known acceptance rate before a trained head exists."""
+
+    def set_reference(self, reference: torch.Tensor, accuracy: float = 1.0, seed: int = 0) -> "OracleHead":
+        self.reference = reference[0]
+        self.accuracy = accuracy
+        self.oracle_gen = torch.Generator().manual_seed(seed)
+        return self
+
+    def forward(self, input_ids=None, features=None, position_ids=None, **kwargs):
+        out = super().forward(input_ids=input_ids, features=features, position_ids=position_ids, **kwargs)
+        self._last_positions = position_ids.expand(input_ids.shape)
+        return out
+
+    def compute_logits(self, hidden_states):
+        logits = super().compute_logits(hidden_states).float()
+        positions = self._last_positions if hidden_states.dim() == 3 else self._last_positions[..., -1]
+        idx = (positions + 2).clamp(max=len(self.reference) - 1)
+        want = self.reference[idx]
+        hit = torch.rand(want.shape, generator=self.oracle_gen) < self.accuracy
+        want = torch.where(hit, want, torch.randint(0, logits.shape[-1], want.shape, generator=self.oracle_gen))
+        return logits.scatter(-1, want[..., None], 1e4)
+
+
+def oracle_head(target, reference: torch.Tensor, accuracy: float = 1.0, seed: int = 0) -> OracleHead:
+    head = OracleHead(FSPADDraftModel.from_target(target).config).to(target.dtype).eval()
+    head.attach_target(target)
+    return head.set_reference(reference, accuracy, seed)
