@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -53,7 +54,9 @@ def default_target_path() -> Path:
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else None
+    if out.exists():  # an incomplete folder left by an interrupted conversion
+        shutil.rmtree(out)
+    tmp.replace(out)
     return out
 
 
