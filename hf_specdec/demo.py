@@ -19,13 +19,8 @@ from .draft import FSPADDraftModel
 def load_draft(target, tokenizer, path: str | None):
     if path:
         return FSPADDraftModel.from_pretrained(path, dtype=target.dtype).attach_target(target, tokenizer), path
-    try:  # the shipped trained head, once there is one
-        from .heads import default_draft
-
-        return default_draft(target, tokenizer), "shipped head"
-    except (ImportError, FileNotFoundError):
-        torch.manual_seed(0)
-        return FSPADDraftModel.from_target(target, tokenizer=tokenizer), "untrained head (no trained head shipped yet)"
+    torch.manual_seed(0)
+    return FSPADDraftModel.from_target(target, tokenizer=tokenizer), "untrained head (no trained head shipped yet)"
 
 
 def main(argv=None):
@@ -34,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each method (interleaved)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--draft", default=None, help="a head folder or Hub id (default: the shipped head)")
+    parser.add_argument("--draft", default=None, help="a head folder or Hub id (default: a fresh untrained head)")
     args = parser.parse_args(argv)
 
     target, tok = default_target(dtype=getattr(torch, args.dtype))

@@ -9,6 +9,7 @@ callable (assistant model, streamer, tokenizer) bound to it.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 from transformers import GenerationConfig, StoppingCriteriaList
@@ -45,10 +46,6 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
         "streamer": kwargs.pop("streamer", None),
         "tokenizer": kwargs.pop("tokenizer", None),
     }
-    if generation_config is not None:  # a copy: strip our key so transformers sees a plain config
-        generation_config = GenerationConfig.from_dict(
-            {k: v for k, v in generation_config.to_dict().items() if k != "strategy"}
-        )
     # transformers drops the tokenizer on the callable path, so stop strings are turned into a criterion here.
     stop_strings = kwargs.pop("stop_strings", None) or getattr(generation_config, "stop_strings", None)
     if stop_strings:
@@ -57,28 +54,10 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(StopStringCriteria(tokenizer=bound["tokenizer"], stop_strings=stop_strings))
         kwargs["stopping_criteria"] = criteria
-        if generation_config is not None:
+        if getattr(generation_config, "stop_strings", None):  # now a criterion; stock would need the tokenizer
+            generation_config = copy.deepcopy(generation_config)
             generation_config.stop_strings = None
-    with _model_default_strategy_hidden(model):
-        return _STOCK_GENERATE(
-            model, inputs, generation_config, custom_generate=functools.partial(decode, **bound), **kwargs
-        )
-
-
-class _model_default_strategy_hidden:
-    """transformers validates the model's generation_config; hide our `strategy` entry from it meanwhile."""
-
-    def __init__(self, model):
-        self.config = getattr(model, "generation_config", None)
-        self.value = getattr(self.config, "strategy", None) if self.config is not None else None
-
-    def __enter__(self):
-        if self.value is not None:
-            del self.config.strategy
-
-    def __exit__(self, *exc):
-        if self.value is not None:
-            self.config.strategy = self.value
+    return _STOCK_GENERATE(model, inputs, generation_config, custom_generate=functools.partial(decode, **bound), **kwargs)
 
 
 @functools.wraps(_STOCK_GENERATE)

@@ -99,6 +99,11 @@ def test_tree_mask_and_positions():
     assert visible[:, 3:].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]
     assert (mask[0, 0][~visible] == torch.finfo(torch.float32).min).all()
     assert tree_position_ids(tree.depths, 3).tolist() == [[3, 4, 4, 5]]
+    # the draft's case: 2 new slots over 4 slots fed so far (rectangular ancestors)
+    new = torch.tensor([[[1, 0, 1, 0], [0, 1, 0, 1]]], dtype=torch.bool)
+    rect = tree_attention_mask(new, prefix_len=2, dtype=torch.bfloat16)
+    assert rect.shape == (1, 1, 2, 6) and rect.dtype == torch.bfloat16
+    assert (rect[0, 0] == 0).tolist() == [[1, 1, 1, 0, 1, 0], [1, 1, 0, 1, 0, 1]]
 
 
 def test_compact_and_crop_cache():

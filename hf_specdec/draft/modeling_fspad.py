@@ -196,10 +196,6 @@ class FSPADDraftModel(PreTrainedModel):
         self._target = _TargetParts(target.get_input_embeddings(), lm_head, draft_w)
         return self
 
-    @property
-    def is_attached(self) -> bool:
-        return self._target is not None
-
     def _parts(self) -> _TargetParts:
         if self._target is None:
             raise RuntimeError("The head has no target attached: call head.attach_target(target) first.")
@@ -215,9 +211,6 @@ class FSPADDraftModel(PreTrainedModel):
         if parts.draft_lm_weight is not None:
             return F.linear(hidden_states, parts.draft_lm_weight)
         return parts.lm_head(hidden_states)
-
-    def draft_ids_to_target(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.draft_to_target[ids] if self.config.draft_vocab_size is not None else ids
 
     def forward(
         self,

@@ -107,11 +107,8 @@ class HeadDrafter:
         """The `expand` callback of `grow_tree` for a tree whose root sits at head position prefix_len - 1."""
 
         def expand(tokens, features, slot_ancestors, depth):
-            B, k, S = slot_ancestors.shape
-            dtype = self.head.dtype
-            mask = torch.zeros(B, 1, k, prefix_len + S, dtype=dtype, device=tokens.device)
-            mask[:, 0, :, prefix_len:].masked_fill_(~slot_ancestors, torch.finfo(dtype).min)
-            positions = torch.full((B, k), prefix_len + depth - 1, device=tokens.device)
+            mask = tree_attention_mask(slot_ancestors, prefix_len, self.head.dtype)
+            positions = torch.full(tokens.shape, prefix_len + depth - 1, device=tokens.device)
             out = self.head(
                 input_ids=tokens, features=features, position_ids=positions,
                 attention_mask=mask, past_key_values=self.cache,

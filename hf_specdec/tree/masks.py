@@ -6,17 +6,17 @@ import torch
 
 
 def tree_attention_mask(ancestors: torch.Tensor, prefix_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask [B, 1, N, prefix_len + N]: every node sees the whole prefix, itself and its ancestors.
+    """Additive mask [B, 1, q, prefix_len + S] for q new nodes over a cached prefix and S tree slots (the new
+    ones last): every node sees the whole prefix, itself and its ancestors. ancestors [B, q, S] bool; for a
+    whole tree verified at once q = S = N.
 
     Additive (0 / finfo.min) in the model dtype, because eager attention adds a boolean mask instead of
     applying it.
     """
-    B, N, _ = ancestors.shape
-    visible = torch.cat(
-        [torch.ones(B, N, prefix_len, dtype=torch.bool, device=ancestors.device), ancestors], dim=-1
-    )
-    mask = torch.zeros(B, 1, N, prefix_len + N, dtype=dtype, device=ancestors.device)
-    return mask.masked_fill_(~visible[:, None], torch.finfo(dtype).min)
+    B, q, S = ancestors.shape
+    mask = torch.zeros(B, 1, q, prefix_len + S, dtype=dtype, device=ancestors.device)
+    mask[:, 0, :, prefix_len:].masked_fill_(~ancestors, torch.finfo(dtype).min)
+    return mask
 
 
 def tree_position_ids(depths: torch.Tensor, root_position: int) -> torch.Tensor:
