@@ -8,6 +8,9 @@ COMMANDS = {
     "demo": ("hf_specdec.demo", "the default model with and without strategy='fspad': texts, tau, speedup"),
     "costs": ("hf_specdec.bench.costs", "cost of a tree verification forward and of one head step"),
     "ceiling": ("hf_specdec.bench.ceiling", "speed at a known draft accuracy (oracle head) per tree shape"),
+    "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
+    "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
+    "train": ("hf_specdec.training.train", "train an FSPAD / EAGLE-2 head on extracted features (resumable)"),
 }
 
 
@@ -20,7 +23,8 @@ def main(argv=None):
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     import importlib
 
-    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    module, _, function = COMMANDS[argv[0]][0].partition(":")
+    return getattr(importlib.import_module(module), function or "main")(argv[1:])
 
 
 if __name__ == "__main__":

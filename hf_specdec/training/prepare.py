@@ -1,0 +1,118 @@
+"""Data preparation commands (both resumable: run the same command again after a kill).
+
+    hf-specdec distill  --per-source 400 --out runs/smollm2/responses.jsonl      # the target answers the prompts
+    hf-specdec features --samples runs/smollm2/responses.jsonl --out runs/smollm2/features
+    hf-specdec features --prompts my_chats.jsonl --out runs/mine/features          # responses from the file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+
+from .data import read_conversations, read_samples, reference_sample, self_distill
+from .features import extract_features
+
+
+def select_per_source(path, per_source: int | None, limit: int | None) -> list:
+    """The first `per_source` rows of each `source` (rows without one share a single bucket), file order."""
+    conversations = read_conversations(path)
+    if per_source is None:
+        return conversations[:limit]
+    sources = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f):
+            if line.strip():
+                row = json.loads(line)
+                sources[str(row.get("id", line_no))] = row.get("source", "")
+    taken, counts = [], defaultdict(int)
+    for conv in conversations:
+        source = sources.get(conv.id, "")
+        if counts[source] < per_source:
+            counts[source] += 1
+            taken.append(conv)
+    return taken[:limit]
+
+
+def load_target(name: str | None, dtype: torch.dtype, adapter: str | None = None):
+    """The target (the embedded default when `name` is None) and its tokenizer; `adapter` applies a PEFT adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name is None:
+        from ..default_model import default_target
+
+        model, tokenizer = default_target(dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    if adapter is not None:
+        from peft import PeftModel
+
+        # Merged, so the head sees exactly the adapted model's features and can borrow its (adapted) weights.
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+    return model, tokenizer
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def distill_main(argv=None):
+    p = argparse.ArgumentParser(prog="hf-specdec distill", description="Answer training prompts with the target.")
+    p.add_argument("--prompts", default="../shared/data/train_prompts.jsonl")
+    p.add_argument("--out", required=True, help="JSONL of {id, input_ids, loss_mask} (appended to; resumable)")
+    p.add_argument("--model", default=None, help="target model id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="PEFT adapter to apply to the target")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--per-source", type=int, default=None, help="take the first N prompts of each source")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy")
+    args = p.parse_args(argv)
+
+    model, tokenizer = load_target(args.model, DTYPES[args.dtype], args.adapter)
+    conversations = select_per_source(args.prompts, args.per_source, args.limit)
+    self_distill(
+        model,
+        tokenizer,
+        conversations,
+        args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        do_sample=args.sample,
+    )
+    return 0
+
+
+def features_main(argv=None):
+    p = argparse.ArgumentParser(prog="hf-specdec features", description="Extract target features for head training.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples", nargs="+", help="JSONL(s) written by `hf-specdec distill` ({id, input_ids, loss_mask})")
+    src.add_argument("--prompts", help="prompts JSONL whose `reference` / last assistant turn is the response")
+    p.add_argument("--out", required=True, help="feature folder (manifest.json + safetensors shards)")
+    p.add_argument("--model", default=None, help="target model id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="PEFT adapter to apply to the target (recorded in the manifest)")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--per-source", type=int, default=None, help="with --prompts: the first N rows of each source")
+    p.add_argument("--min-response-tokens", type=int, default=8, help="with --prompts: skip shorter references")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=1024)
+    args = p.parse_args(argv)
+
+    model, tokenizer = load_target(args.model, DTYPES[args.dtype], args.adapter)
+    if args.samples:
+        samples = [s for path in args.samples for s in read_samples(path)]
+    else:
+        samples = []
+        for conv in select_per_source(args.prompts, args.per_source, None):
+            s = reference_sample(tokenizer, conv)
+            if s is not None and sum(s["loss_mask"]) >= args.min_response_tokens:
+                s["id"] = f"ref-{s['id']}"
+                samples.append(s)
+    extract_features(model, samples[: args.limit], args.out, max_length=args.max_length, adapter=args.adapter)
+    return 0

@@ -1,0 +1,280 @@
+"""Train an FSPAD (or EAGLE-2 baseline) draft head on stored target features. One file, top to bottom.
+
+    hf-specdec train --features runs/smollm2/features --variant fspad  --out runs/smollm2/fspad
+    hf-specdec train --features runs/smollm2/features --variant eagle2 --out runs/smollm2/eagle2
+
+The same command resumes after a kill (from the newest checkpoint in --out/checkpoints). `accelerate launch`
+runs it on one or several GPUs; plain `hf-specdec train` runs it on this CPU.
+
+Per step, for a batch of samples with tokens x_0..x_{T-1} and features f_0..f_{T-1}: the head reads
+(x_{t+1}, f_t + noise) and is trained on f_{t+1} (the regression half) and on softmax(lm_head(f_{t+1})) (the
+logit half), on positions whose f_{t+1} is a response token (losses.fspad_loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .features import is_validation, load_samples, read_manifest
+from .losses import feature_noise, fspad_loss
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def make_batches(samples: list[dict], batch_tokens: int, seed: int) -> list[list[int]]:
+    """Sample indices grouped into batches of similar length whose padded size stays under `batch_tokens`.
+
+    Deterministic in `seed`, so a resumed run sees the same batches in the same order.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(samples)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), 256):  # sort within windows: similar lengths, still shuffled overall
+        window = sorted(order[start : start + 256], key=lambda i: len(samples[i]["input_ids"]))
+        batch, width = [], 0
+        for i in window:
+            n = len(samples[i]["input_ids"])
+            if batch and max(width, n) * (len(batch) + 1) > batch_tokens:
+                batches.append(batch)
+                batch, width = [], 0
+            batch.append(i)
+            width = max(width, n)
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(samples: list[dict]) -> dict:
+    """Right-padded tensors: input_ids [B, T], features [B, T, H], loss_mask [B, T] (False on padding)."""
+    width = max(len(s["input_ids"]) for s in samples)
+    H = samples[0]["features"].shape[-1]
+    batch = {
+        "input_ids": torch.zeros(len(samples), width, dtype=torch.long),
+        "features": torch.zeros(len(samples), width, H, dtype=samples[0]["features"].dtype),
+        "loss_mask": torch.zeros(len(samples), width, dtype=torch.bool),
+    }
+    for row, s in enumerate(samples):
+        n = len(s["input_ids"])
+        batch["input_ids"][row, :n] = s["input_ids"]
+        batch["features"][row, :n] = s["features"]
+        batch["loss_mask"][row, :n] = s["loss_mask"]
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------- the step
+def head_outputs(head, batch: dict, noise_generator: torch.Generator | None):
+    """Run the head over a batch in training layout. Returns (regressed f_{t+1}, draft logits, target f_{t+1},
+    target logits, mask), each over positions t = 0..T-2; logits over the head's draft vocabulary."""
+    features = batch["features"].float()
+    f_in, f_next = features[:, :-1], features[:, 1:]
+    if noise_generator is not None:
+        f_in = feature_noise(f_in, generator=noise_generator)
+    x_next = batch["input_ids"][:, 1:]
+    out = head(input_ids=x_next, features=f_in)  # causal; right padding never reaches real positions
+    draft_logits = head.compute_logits(out.hidden_states)
+    with torch.no_grad():
+        target_logits = head.compute_logits(f_next.to(out.hidden_states.dtype))
+    return out.features, draft_logits, f_next, target_logits, batch["loss_mask"][:, 1:]
+
+
+@torch.no_grad()
+def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3) -> dict:
+    """Losses and top-1 / top-k accuracy of the head's token against the target's argmax on held-back samples."""
+    head.eval()
+    totals = {"loss": 0.0, "vloss": 0.0, "ploss": 0.0, "top1": 0.0, f"top{top_k}": 0.0, "tokens": 0}
+    for idx in make_batches(samples, batch_tokens, seed=0):
+        regress, logits, f_next, target_logits, mask = head_outputs(head, collate([samples[i] for i in idx]), None)
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, mask)
+        want = target_logits.argmax(-1)[mask]
+        ranked = logits.topk(top_k, dim=-1).indices[mask]
+        totals["loss"] += float(loss) * n
+        totals["vloss"] += float(vloss) * n
+        totals["ploss"] += float(ploss) * n
+        totals["top1"] += float((ranked[:, 0] == want).sum())
+        totals[f"top{top_k}"] += float((ranked == want[:, None]).any(-1).sum())
+        totals["tokens"] += n
+    head.train()
+    n = max(totals["tokens"], 1)
+    return {k: (v / n if k != "tokens" else v) for k, v in totals.items()}
+
+
+def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.Tensor:
+    """The `size` most frequent tokens of the training samples (response tokens weigh 4x), sorted by id."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for s in samples:
+        counts.index_add_(0, s["input_ids"], 1.0 + 3.0 * s["loss_mask"].double())
+    return counts.topk(size).indices.sort().values
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]  # written last: a cut save is ignored
+    return complete[-1] if complete else None
+
+
+def save_checkpoint(accelerator, out_dir: Path, state: dict, keep: int = 2) -> None:
+    path = out_dir / "checkpoints" / f"step-{state['step']}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "trainer_state.json").write_text(json.dumps(state))
+        ckpts = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in ckpts[:-keep]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------- train
+def train(args, target=None, tokenizer=None) -> Path:
+    """Train (or resume) per `args` (see `build_parser`). `target`/`tokenizer` skip loading the target again."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from ..draft import FSPADDraftModel
+    from .prepare import DTYPES, load_target
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+    manifest = read_manifest(args.features)
+    if target is None:
+        target, tokenizer = load_target(args.model, DTYPES["float32"], manifest.get("adapter"))
+    samples = load_samples(args.features)
+    val = [s for s in samples if is_validation(s["id"], args.val_fraction)]
+    train_samples = [s for s in samples if not is_validation(s["id"], args.val_fraction)]
+    if not train_samples:
+        raise ValueError(f"{args.features} holds no training samples (all {len(samples)} fell in validation).")
+
+    set_seed(args.seed)  # the head's initial weights
+    overrides = {}
+    if args.draft_vocab:
+        overrides["draft_vocab_size"] = args.draft_vocab
+    head = FSPADDraftModel.from_target(target, tokenizer, variant=args.variant, target_adapter=manifest.get("adapter"), **overrides)
+    if args.draft_vocab:
+        head.draft_to_target.copy_(draft_vocabulary(train_samples, args.draft_vocab, head.config.vocab_size))
+        head.attach_target(target, tokenizer)  # re-slice the lm_head rows for the chosen vocabulary
+    head = head.float().train()
+    if manifest["target"]["fingerprint"] != head.config.target_fingerprint:
+        from ..draft.modeling_fspad import _FINGERPRINT_RTOL
+
+        theirs, ours = torch.tensor(manifest["target"]["fingerprint"]), torch.tensor(head.config.target_fingerprint)
+        if not torch.allclose(theirs, ours, rtol=_FINGERPRINT_RTOL):
+            raise ValueError(f"The features in {args.features} were extracted from another model than the target given.")
+
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed))
+    total_steps = args.max_steps or steps_per_epoch * args.epochs
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
+    head, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
+    raw_head = accelerator.unwrap_model(head)
+    raw_head.attach_target(target, tokenizer)
+    if raw_head._target.draft_lm_weight is not None:
+        raw_head._target.draft_lm_weight = raw_head._target.draft_lm_weight.to(accelerator.device)
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    ckpt = latest_checkpoint(out_dir) if not args.restart else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        accelerator.print(f"resuming from {ckpt} (step {state['step']})")
+    metrics_path = out_dir / "metrics.jsonl"
+
+    def log(record):
+        if accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {args.variant}", disable=not accelerator.is_main_process)
+    started = time.time()
+    while state["step"] < total_steps:
+        batches = make_batches(train_samples, args.batch_tokens, seed=args.seed + state["epoch"])
+        batches = batches[accelerator.process_index :: accelerator.num_processes]
+        for b in range(state["batch_in_epoch"], len(batches)):
+            if state["step"] >= total_steps:
+                break
+            batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in batches[b]]).items()}
+            noise = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1_000_003 + state["step"])
+            with accelerator.autocast():
+                regress, logits, f_next, target_logits, mask = head_outputs(raw_head, batch, noise)
+                loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, mask, 1.0, args.logit_weight)
+            accelerator.backward(loss)
+            accelerator.clip_grad_value_(head.parameters(), args.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.update(step=state["step"] + 1, batch_in_epoch=b + 1)
+            bar.update(1)
+            if state["step"] % args.log_every == 0:
+                with torch.no_grad():
+                    acc = float((logits.argmax(-1) == target_logits.argmax(-1))[mask].float().mean())
+                bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{acc:.3f}")
+                log({"step": state["step"], "loss": loss.item(), "vloss": vloss.item(), "ploss": ploss.item(),
+                     "train_top1": acc, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - started})
+            if args.save_every and state["step"] % args.save_every == 0:
+                save_checkpoint(accelerator, out_dir, state)
+            if args.eval_every and state["step"] % args.eval_every == 0 and val:
+                log({"step": state["step"], "val": evaluate(raw_head, val, args.batch_tokens)})
+        else:  # epoch finished
+            state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
+            if val:
+                result = evaluate(raw_head, val, args.batch_tokens)
+                log({"step": state["step"], "epoch": state["epoch"], "val": result})
+                accelerator.print(f"epoch {state['epoch']}: val top1 {result['top1']:.3f} top3 {result['top3']:.3f}")
+    bar.close()
+    if args.save_every:
+        save_checkpoint(accelerator, out_dir, state)
+    final = {"step": state["step"], "final": True}
+    if val:
+        final["val"] = evaluate(raw_head, val, args.batch_tokens)
+    log(final)
+    if accelerator.is_main_process:
+        raw_head.save_pretrained(out_dir / "head")
+        (out_dir / "head" / "training_args.json").write_text(json.dumps(vars(args), indent=1, default=str))
+    return out_dir / "head"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf-specdec train", description="Train an FSPAD / EAGLE-2 draft head on stored features.")
+    p.add_argument("--features", required=True, help="folder written by `hf-specdec features`")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, head/ (the trained head)")
+    p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--variant", default="fspad", choices=["fspad", "eagle2", "fs-only", "pad-only"])
+    p.add_argument("--draft-vocab", type=int, default=None, help="score only the N most frequent tokens")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip", type=float, default=0.5, help="gradient clipping by value (the paper's 0.5)")
+    p.add_argument("--logit-weight", type=float, default=0.1, help="weight of ploss (the paper's 0.1)")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --out")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    head_dir = train(args)
+    print(f"trained head saved to {head_dir}")
+    return 0

@@ -1,0 +1,180 @@
+"""The training pipeline end to end on tiny models: data, self-distillation, feature shards, training, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_target
+
+from hf_specdec import FSPADDraftModel, fspad_generate
+from hf_specdec.training import data as data_mod
+from hf_specdec.training import train as train_mod
+from hf_specdec.training.features import extract_features, is_validation, last_hidden_states, load_samples, read_manifest
+
+
+def random_samples(n: int, vocab: int = 128, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        length = int(torch.randint(12, 40, (1,), generator=g))
+        ids = torch.randint(1, vocab, (length,), generator=g).tolist()
+        prompt = length // 3
+        samples.append({"id": f"s{i}", "input_ids": ids, "loss_mask": [0] * prompt + [1] * (length - prompt)})
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_read_conversations_both_forms(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [
+        {"id": 7, "prompt": "Hi", "reference": "Hello"},
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    convs = data_mod.read_conversations(path)
+    assert [c.id for c in convs] == ["7", "1", "2"]
+    assert convs[0].messages == [{"role": "user", "content": "Hi"}] and convs[0].reference == "Hello"
+    assert len(convs[1].messages) == 3 and convs[1].reference is None
+    assert convs[2].messages == [{"role": "user", "content": "q"}] and convs[2].reference == "r"
+
+
+def test_read_conversations_rejects_rows_without_prompt(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "no prompt"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: a row needs a 'prompt' or a 'messages'"):
+        data_mod.read_conversations(path)
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    from hf_specdec.default_model import default_target_path
+
+    return AutoTokenizer.from_pretrained(default_target_path())
+
+
+def test_reference_sample_masks_exactly_the_response(smol_tokenizer):
+    conv = data_mod.Conversation("0", [{"role": "user", "content": "What is 2+2?"}], "It is 4.")
+    s = data_mod.reference_sample(smol_tokenizer, conv)
+    prompt = data_mod.prompt_ids(smol_tokenizer, conv.messages)
+    assert s["input_ids"][: len(prompt)] == prompt
+    response = [t for t, m in zip(s["input_ids"], s["loss_mask"]) if m]
+    assert s["loss_mask"] == [0] * len(prompt) + [1] * len(response)
+    assert smol_tokenizer.decode(response).startswith("It is 4.")
+    assert data_mod.reference_sample(smol_tokenizer, data_mod.Conversation("1", conv.messages, None)) is None
+
+
+def test_self_distill_is_greedy_and_resumes(smol_tokenizer, tmp_path):
+    target = tiny_target("llama", vocab_size=len(smol_tokenizer))
+    convs = [data_mod.Conversation(str(i), [{"role": "user", "content": "word " * (i + 1)}], None) for i in range(5)]
+    out = tmp_path / "responses.jsonl"
+    data_mod.self_distill(target, smol_tokenizer, convs[:2], out, batch_size=4, max_new_tokens=6)
+    data_mod.self_distill(target, smol_tokenizer, convs, out, batch_size=4, max_new_tokens=6)
+    rows = data_mod.read_samples(out)
+    assert sorted(r["id"] for r in rows) == ["0", "1", "2", "3", "4"]  # nothing generated twice
+    for r in rows:
+        prompt = data_mod.prompt_ids(smol_tokenizer, convs[int(r["id"])].messages)
+        alone = target.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt) :].tolist()
+        assert r["input_ids"] == prompt + alone  # batched (left-padded) answers equal one-by-one greedy
+        assert r["loss_mask"] == [0] * len(prompt) + [1] * len(alone)
+
+
+# -------------------------------------------------------------------------------------------- features
+def test_feature_shards_round_trip_and_resume(tmp_path):
+    target = tiny_target("llama")
+    samples = random_samples(10)
+    extract_features(target, samples[:4], tmp_path, shard_samples=3)
+    extract_features(target, samples, tmp_path, shard_samples=3)  # resumes: only the 6 missing
+    manifest = read_manifest(tmp_path)
+    assert [len(s["ids"]) for s in manifest["shards"]] == [3, 1, 3, 3]
+    loaded = {s["id"]: s for s in load_samples(tmp_path)}
+    assert sorted(loaded) == sorted(s["id"] for s in samples)
+    for s in samples:
+        got = loaded[s["id"]]
+        assert got["input_ids"].tolist() == s["input_ids"]
+        assert got["loss_mask"].tolist() == [bool(m) for m in s["loss_mask"]]
+        want = last_hidden_states(target, torch.tensor([s["input_ids"]]))[0].to(torch.bfloat16)
+        torch.testing.assert_close(got["features"], want, rtol=2e-2, atol=2e-2)  # batched with padding
+
+
+def test_validation_split_is_stable():
+    ids = [f"s{i}" for i in range(2000)]
+    held = [i for i in ids if is_validation(i, 0.05)]
+    assert 50 <= len(held) <= 150
+    assert held == [i for i in reversed(ids) if is_validation(i, 0.05)][::-1]
+
+
+# -------------------------------------------------------------------------------------------- training
+def _args(tmp_path, features, **overrides):
+    args = train_mod.build_parser().parse_args(["--features", str(features), "--out", str(tmp_path / "run")])
+    args.batch_tokens, args.lr, args.warmup_steps, args.log_every, args.val_fraction = 256, 1e-2, 2, 1, 0.2
+    args.mixed_precision = "no"
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tmp_path_factory):
+    target = tiny_target("llama")
+    path = tmp_path_factory.mktemp("features")
+    extract_features(target, random_samples(40), path)
+    return target, path
+
+
+@pytest.mark.parametrize("variant", ["fspad", "eagle2"])
+def test_training_reduces_loss_and_round_trips(tiny_features, tmp_path, variant):
+    target, features = tiny_features
+    samples = load_samples(features)
+    torch.manual_seed(0)
+    before = train_mod.evaluate(FSPADDraftModel.from_target(target, variant=variant).float(), samples, 256)
+    args = _args(tmp_path, features, variant=variant, max_steps=80, save_every=0)
+    head_dir = train_mod.train(args, target=target)
+    head = FSPADDraftModel.from_pretrained(head_dir).attach_target(target)
+    assert head.config.variant == variant
+    after = train_mod.evaluate(head, samples, 256)
+    assert after["loss"] < 0.9 * before["loss"]
+    assert after["top1"] > before["top1"]
+    metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert metrics[-1]["final"] and "top3" in metrics[-1]["val"]
+    # the trained head serves generation and stays lossless
+    prompt = torch.tensor([[5, 9, 17, 3]])
+    stock = target.generate(prompt, max_new_tokens=12, do_sample=False)
+    ours = target.generate(prompt, max_new_tokens=12, do_sample=False, custom_generate=fspad_generate, draft_model=head)
+    assert torch.equal(stock, ours)
+
+
+def test_training_with_draft_vocabulary(tiny_features, tmp_path):
+    target, features = tiny_features
+    head_dir = train_mod.train(_args(tmp_path, features, draft_vocab=32, max_steps=3, save_every=0), target=target)
+    head = FSPADDraftModel.from_pretrained(head_dir).attach_target(target)
+    assert head.config.draft_vocab_size == 32
+    assert head.draft_to_target.unique().numel() == 32 and head.draft_to_target.max() < 128
+
+
+def test_resume_after_a_kill_gives_the_same_head(tiny_features, tmp_path, monkeypatch):
+    target, features = tiny_features
+    straight = train_mod.train(_args(tmp_path / "a", features, max_steps=8, save_every=3), target=target)
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(accelerator, out_dir, state, keep=2):
+        real_save(accelerator, out_dir, state, keep)
+        if state["step"] == 6:
+            raise KeyboardInterrupt  # killed right after the step-6 checkpoint
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(_args(tmp_path / "b", features, max_steps=8, save_every=3), target=target)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = train_mod.train(_args(tmp_path / "b", features, max_steps=8, save_every=3), target=target)
+
+    a = FSPADDraftModel.from_pretrained(straight).state_dict()
+    b = FSPADDraftModel.from_pretrained(resumed).state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
