@@ -2,7 +2,7 @@
 
     import hf_specdec
     target, tok = hf_specdec.default_target()
-    draft = hf_specdec.FSPADDraftModel.from_target(target)
+    draft = hf_specdec.default_draft(target, tok)          # the shipped, trained FSPAD head
     out = target.generate(ids, assistant_model=draft, strategy="fspad", max_new_tokens=128)
 
 Importing the package registers the FSPAD model type with the Auto classes and installs the generate hook
@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel
 
 from .default_model import default_target, default_target_path
 from .draft import FSPADConfig, FSPADDraftModel
+from .heads import default_baseline_draft, default_draft
 from .hook import install_generate_hook, specdec_generate, uninstall_generate_hook
 from .strategies import STRATEGIES, SpecDecodeOutput, SpecDecodeStats, fspad_generate
 
@@ -34,6 +35,8 @@ __all__ = [
     "STRATEGIES",
     "SpecDecodeOutput",
     "SpecDecodeStats",
+    "default_baseline_draft",
+    "default_draft",
     "default_target",
     "default_target_path",
     "fspad_generate",

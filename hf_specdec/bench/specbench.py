@@ -1,0 +1,261 @@
+"""Spec-Bench on this machine: stock greedy `generate` (1.00x), transformers prompt lookup decoding, and
+strategy="fspad" with the shipped FSPAD head and with the EAGLE-2 baseline head, interleaved per question.
+
+    hf-specdec bench --per-category 5 --max-new-tokens 128 --temperatures 0 1
+
+Protocol (Spec-Bench, hemingkx/Spec-Bench): each question is asked through the chat template; MT-bench
+questions have two turns, the second asked after the method's own first answer. Reported per category
+group and overall: tau (new tokens per target forward, the prefill included, counted by a hook on the
+target's decoder, so it is the same measure for every method), tokens/s, speedup against stock (ratio of
+total tokens/s) and, greedy only, the share of answers identical to stock's. Every method answers each
+question before the next question starts, in an order that rotates per question, so machine noise hits
+all methods alike. Writes JSON (all per-answer records) and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+DEV_QUESTIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spec_bench_dev.jsonl"
+MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
+GROUPS = ["multi-turn conversation", "translation", "summarization", "qa", "math_reasoning", "rag"]
+
+
+def group_of(category: str) -> str:
+    return "multi-turn conversation" if category in MT_BENCH else category
+
+
+def load_questions(path, per_category: int | None = None) -> list[dict]:
+    """Spec-Bench rows ({question_id, category, turns}); with `per_category`, the first N of each group
+    (MT-bench categories taken round-robin, so a small N still spans them)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for row in rows:
+        if not row.get("turns") or "category" not in row:
+            raise ValueError(f"{path}: question {row.get('question_id')} needs 'category' and non-empty 'turns'.")
+    if per_category is None:
+        return rows
+    by_group: dict[str, list[list[dict]]] = defaultdict(list)
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_cat[row["category"]].append(row)
+    for cat, cat_rows in by_cat.items():
+        by_group[group_of(cat)].append(cat_rows)
+    picked = []
+    for group, lists in by_group.items():
+        taken = []
+        for i in range(max(len(rows) for rows in lists)):
+            taken.extend(rows[i] for rows in lists if i < len(rows))
+        picked.extend(taken[:per_category])
+    return picked
+
+
+class ForwardCounter:
+    """Counts forward passes of a module (the target's decoder: every method calls it once per step)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.count = 0
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.count += 1
+
+    def remove(self):
+        self._handle.remove()
+
+
+def method_kwargs(name: str, heads: dict, pld_tokens: int) -> dict:
+    if name == "stock":
+        return {}
+    if name == "pld":
+        return {"prompt_lookup_num_tokens": pld_tokens}
+    return {"assistant_model": heads[name], "strategy": "fspad"}
+
+
+def run(target, tokenizer, questions, methods, heads, temperatures, max_new_tokens, pld_tokens=10, seed=0,
+        progress=True) -> list[dict]:
+    """Answer every question with every method at every temperature; one record per (method, turn)."""
+    from tqdm.auto import tqdm
+
+    counter = ForwardCounter(target.get_decoder())
+    records = []
+    jobs = [(q, t) for t in temperatures for q in questions]
+    try:
+        for job_i, (question, temperature) in enumerate(tqdm(jobs, desc="spec-bench", disable=not progress)):
+            order = methods[job_i % len(methods):] + methods[: job_i % len(methods)]  # rotate who goes first
+            histories = {m: [] for m in methods}
+            for turn_i, turn in enumerate(question["turns"]):
+                for name in order:
+                    histories[name].append({"role": "user", "content": turn})
+                    ids = tokenizer.apply_chat_template(histories[name], add_generation_prompt=True,
+                                                        return_tensors="pt", return_dict=True)["input_ids"]
+                    sampling = {"do_sample": False} if temperature == 0 else {
+                        "do_sample": True, "temperature": float(temperature), "top_k": None, "top_p": None}
+                    if temperature:
+                        torch.manual_seed(seed + question["question_id"] * 7 + turn_i)
+                    counter.count = 0
+                    start = time.perf_counter()
+                    out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                                          **sampling, **method_kwargs(name, heads, pld_tokens))
+                    elapsed = time.perf_counter() - start
+                    sequences = out.sequences if hasattr(out, "sequences") else out
+                    new = sequences[0, ids.shape[1]:].tolist()
+                    histories[name].append({"role": "assistant",
+                                            "content": tokenizer.decode(new, skip_special_tokens=True)})
+                    records.append({
+                        "question_id": question["question_id"], "category": question["category"],
+                        "group": group_of(question["category"]), "turn": turn_i, "temperature": temperature,
+                        "method": name, "new_tokens": len(new), "target_forwards": counter.count,
+                        "seconds": elapsed, "tokens": new,
+                    })
+    finally:
+        counter.remove()
+    return records
+
+
+def summarize(records: list[dict], methods: list[str]) -> list[dict]:
+    """Rows per (temperature, group, method) plus an 'overall' group."""
+    rows = []
+    for temperature in sorted({r["temperature"] for r in records}):
+        recs = [r for r in records if r["temperature"] == temperature]
+        groups = [g for g in GROUPS if any(r["group"] == g for r in recs)]
+        groups += sorted({r["group"] for r in recs} - set(groups)) + ["overall"]
+        stock_answers = {(r["question_id"], r["turn"]): r["tokens"] for r in recs if r["method"] == "stock"}
+        for group in groups:
+            in_group = [r for r in recs if group == "overall" or r["group"] == group]
+            base = [r for r in in_group if r["method"] == "stock"]
+            base_rate = sum(r["new_tokens"] for r in base) / sum(r["seconds"] for r in base) if base else None
+            for m in methods:
+                mine = [r for r in in_group if r["method"] == m]
+                if not mine:
+                    continue
+                rate = sum(r["new_tokens"] for r in mine) / sum(r["seconds"] for r in mine)
+                row = {
+                    "temperature": temperature, "group": group, "method": m, "answers": len(mine),
+                    "tau": sum(r["new_tokens"] for r in mine) / sum(r["target_forwards"] for r in mine),
+                    "tokens_per_s": rate, "speedup": rate / base_rate if base_rate else None,
+                }
+                if temperature == 0 and m != "stock" and stock_answers:
+                    # only first turns compare like with like: second turns follow each method's own answer
+                    pairs = [(r["tokens"], stock_answers.get((r["question_id"], r["turn"]))) for r in mine if r["turn"] == 0]
+                    row["match_rate"] = statistics.mean(a == b for a, b in pairs) if pairs else None
+                rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Spec-Bench ({meta['questions']} questions), {meta['model']}, {meta['dtype']}, {meta['machine']}, "
+             f"{meta['date']}, max_new_tokens {meta['max_new_tokens']}", "",
+             "| T | category | method | tau | tok/s | speedup | identical to stock (greedy, turn 1) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        match = f"{r['match_rate']:.0%}" if r.get("match_rate") is not None else "-"
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
+        lines.append(f"| {r['temperature']:g} | {r['group']} | {r['method']} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} "
+                     f"| {speed} | {match} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    for temperature in sorted({r["temperature"] for r in rows}):
+        sub = [r for r in rows if r["temperature"] == temperature and r["method"] != "stock"]
+        groups = list(dict.fromkeys(r["group"] for r in sub))
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        fig, ax = plt.subplots(figsize=(9, 4))
+        width = 0.8 / max(len(methods), 1)
+        for k, m in enumerate(methods):
+            vals = [next((r["speedup"] for r in sub if r["group"] == g and r["method"] == m), 0) for g in groups]
+            ax.bar([i + k * width for i in range(len(groups))], vals, width, label=m)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(groups))], groups, rotation=20, fontsize=8)
+        ax.set_ylabel("speedup vs stock")
+        ax.set_title(f"Spec-Bench, T={temperature:g}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path.with_name(f"{path.stem}_T{temperature:g}{path.suffix}"))
+        plt.close(fig)
+    return True
+
+
+def load_heads(target, tokenizer, draft: str | None, baseline: str | None, methods: list[str]) -> dict:
+    from ..draft import FSPADDraftModel
+    from ..heads import default_baseline_draft, default_draft
+
+    heads = {}
+    if "fspad" in methods:
+        heads["fspad"] = (FSPADDraftModel.from_pretrained(draft, dtype=target.dtype).attach_target(target, tokenizer)
+                          if draft else default_draft(target, tokenizer))
+    if "eagle2" in methods:
+        heads["eagle2"] = (FSPADDraftModel.from_pretrained(baseline, dtype=target.dtype).attach_target(target, tokenizer)
+                           if baseline else default_baseline_draft(target, tokenizer))
+    return heads
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf-specdec bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", default=str(DEV_QUESTIONS), help="Spec-Bench style JSONL")
+    p.add_argument("--per-category", type=int, default=None, help="first N questions of each category group")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0])
+    p.add_argument("--methods", nargs="+", default=["stock", "pld", "fspad", "eagle2"],
+                   choices=["stock", "pld", "fspad", "eagle2"])
+    p.add_argument("--model", default=None, help="target folder or id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
+    p.add_argument("--baseline-draft", default=None, help="EAGLE-2 head folder or id (default: the shipped baseline)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for the pld method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench_results/specbench.json")
+    p.add_argument("--plot", action="store_true", help="also save a speedup bar chart per temperature (matplotlib)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if "stock" not in args.methods:
+        args.methods = ["stock"] + args.methods  # the baseline every speedup is measured against
+    torch.set_grad_enabled(False)
+    from ..training.prepare import load_target
+
+    target, tokenizer = load_target(args.model, getattr(torch, args.dtype))
+    heads = load_heads(target, tokenizer, args.draft, args.baseline_draft, args.methods)
+    questions = load_questions(args.questions, args.per_category)
+    # warm-up: one short answer per method, untimed
+    run(target, tokenizer, questions[:1], args.methods, heads, [0.0], 8, args.pld_tokens, progress=False)
+    records = run(target, tokenizer, questions, args.methods, heads, args.temperatures, args.max_new_tokens,
+                  args.pld_tokens, args.seed)
+    rows = summarize(records, args.methods)
+    meta = {
+        "command": "hf-specdec bench " + " ".join(argv if argv is not None else sys.argv[2:]),
+        "model": args.model or "SmolLM2-135M-Instruct", "dtype": args.dtype, "questions": len(questions),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(), "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(), "max_new_tokens": args.max_new_tokens,
+        "heads": {k: str(getattr(h, "name_or_path", "")) for k, h in heads.items()},
+    }
+    table = markdown(rows, meta)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "records": records}, indent=1))
+    out.with_suffix(".md").write_text(table)
+    if args.plot and not plot(rows, out.with_suffix(".png")):
+        print("--plot: matplotlib is not installed; skipped the chart")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0

@@ -1,0 +1,71 @@
+"""`hf-specdec bench` end to end on 2 questions with a tiny target (float32, so every method must match stock)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_target
+
+from hf_specdec import FSPADDraftModel
+from hf_specdec.bench import specbench
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from hf_specdec.default_model import default_target_path
+
+    root = tmp_path_factory.mktemp("bench")
+    tokenizer = AutoTokenizer.from_pretrained(default_target_path())
+    target = tiny_target("llama", vocab_size=len(tokenizer))
+    target.save_pretrained(root / "target")
+    tokenizer.save_pretrained(root / "target")
+    for variant in ("fspad", "eagle2"):
+        torch.manual_seed(3)
+        FSPADDraftModel.from_target(target, tokenizer, variant=variant).save_pretrained(root / variant)
+    questions = root / "questions.jsonl"
+    questions.write_text(
+        json.dumps({"question_id": 0, "category": "qa", "turns": ["Who wrote Hamlet?"]}) + "\n"
+        + json.dumps({"question_id": 1, "category": "qa", "turns": ["Unused: over the per-category limit"]}) + "\n"
+        + json.dumps({"question_id": 2, "category": "writing", "turns": ["Write a line.", "Shorter."]}) + "\n"
+    )
+    return root, questions
+
+
+def test_bench_end_to_end_on_two_questions(tiny_setup, tmp_path, capsys):
+    root, questions = tiny_setup
+    out = tmp_path / "bench.json"
+    specbench.main(["--questions", str(questions), "--per-category", "1", "--max-new-tokens", "12",
+                    "--model", str(root / "target"), "--draft", str(root / "fspad"),
+                    "--baseline-draft", str(root / "eagle2"), "--dtype", "float32", "--temperatures", "0", "1",
+                    "--out", str(out)])
+    result = json.loads(out.read_text())
+    records = result["records"]
+    # 2 questions, 3 turns, 4 methods, 2 temperatures
+    assert len(records) == 3 * 4 * 2
+    assert {r["question_id"] for r in records} == {0, 2}
+    rows = {(r["temperature"], r["group"], r["method"]): r for r in result["rows"]}
+    assert set(g for _, g, _ in rows) == {"qa", "multi-turn conversation", "overall"}
+    for method in ("pld", "fspad", "eagle2"):
+        assert rows[(0.0, "overall", method)]["match_rate"] == 1.0  # float32: lossless means identical
+        assert "match_rate" not in rows[(1.0, "overall", method)]
+    assert rows[(0.0, "overall", "stock")]["speedup"] == pytest.approx(1.0)
+    assert rows[(0.0, "overall", "stock")]["tau"] == pytest.approx(1.0)  # one forward per token, prefill counted
+    for r in records:
+        assert r["new_tokens"] == len(r["tokens"]) and r["target_forwards"] >= 1
+    # greedy turn-1 answers are the same tokens for every method
+    first = [r for r in records if r["temperature"] == 0 and r["turn"] == 0 and r["question_id"] == 0]
+    assert len({tuple(r["tokens"]) for r in first}) == 1
+    table = out.with_suffix(".md").read_text()
+    assert "| 0 | overall | fspad |" in table and "| 1 | qa | eagle2 |" in table
+    assert table in capsys.readouterr().out
+
+
+def test_load_questions_rejects_rows_without_turns(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": 5, "category": "qa"}) + "\n")
+    with pytest.raises(ValueError, match="question 5 needs 'category' and non-empty 'turns'"):
+        specbench.load_questions(path)
