@@ -14,13 +14,16 @@ import torch
 
 from .default_model import default_target
 from .draft import FSPADDraftModel
+from .heads import DEFAULT_DRAFT, default_draft
 
 
 def load_draft(target, tokenizer, path: str | None):
-    if path:
-        return FSPADDraftModel.from_pretrained(path, dtype=target.dtype).attach_target(target, tokenizer), path
-    torch.manual_seed(0)
-    return FSPADDraftModel.from_target(target, tokenizer=tokenizer), "untrained head (no trained head shipped yet)"
+    if path is None:
+        return default_draft(target, tokenizer), f"the shipped FSPAD head ({DEFAULT_DRAFT})"
+    if path == "untrained":  # shows the engine's overhead: every draft rejected
+        torch.manual_seed(0)
+        return FSPADDraftModel.from_target(target, tokenizer=tokenizer), "an untrained head"
+    return FSPADDraftModel.from_pretrained(path, dtype=target.dtype).attach_target(target, tokenizer), path
 
 
 def main(argv=None):
@@ -29,7 +32,7 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each method (interleaved)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--draft", default=None, help="a head folder or Hub id (default: a fresh untrained head)")
+    parser.add_argument("--draft", default=None, help="a head folder or Hub id, or 'untrained' (default: the shipped head)")
     args = parser.parse_args(argv)
 
     target, tok = default_target(dtype=getattr(torch, args.dtype))

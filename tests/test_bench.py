@@ -69,3 +69,14 @@ def test_load_questions_rejects_rows_without_turns(tmp_path):
     path.write_text(json.dumps({"question_id": 5, "category": "qa"}) + "\n")
     with pytest.raises(ValueError, match="question 5 needs 'category' and non-empty 'turns'"):
         specbench.load_questions(path)
+
+
+def test_method_names_with_tree_shapes():
+    assert specbench.parse_method("fspad") == ("fspad", {})
+    assert specbench.parse_method("eagle2@2,3,6") == ("eagle2", {"tree_top_k": 2, "tree_depth": 3, "tree_total_tokens": 6})
+    with pytest.raises(ValueError, match="Unknown method 'medusa'"):
+        specbench.parse_method("medusa")
+    with pytest.raises(ValueError, match="three integers"):
+        specbench.parse_method("fspad@4,4")
+    with pytest.raises(SystemExit):
+        specbench.main(["--methods", "stock", "pld@1,2,3"])

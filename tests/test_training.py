@@ -178,3 +178,31 @@ def test_resume_after_a_kill_gives_the_same_head(tiny_features, tmp_path, monkey
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_head_for_a_peft_adapted_target(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from hf_specdec.training import prepare
+
+    base = tiny_target("llama")
+    base.save_pretrained(tmp_path / "base")
+    torch.manual_seed(0)
+    lora = get_peft_model(tiny_target("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(s) + "\n" for s in random_samples(12)))
+
+    # features come from the adapted model, and the manifest says which adapter
+    prepare.features_main(["--samples", str(samples), "--out", str(tmp_path / "feat"), "--model", str(tmp_path / "base"),
+                           "--adapter", str(tmp_path / "adapter"), "--dtype", "float32"])
+    assert read_manifest(tmp_path / "feat")["adapter"] == str(tmp_path / "adapter")
+    adapted, _ = prepare.load_target(str(tmp_path / "base"), torch.float32, str(tmp_path / "adapter"))
+    stored = load_samples(tmp_path / "feat")[0]
+    ids = stored["input_ids"][None]
+    torch.testing.assert_close(stored["features"].float(), last_hidden_states(adapted, ids)[0], rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(last_hidden_states(base, ids)[0], last_hidden_states(adapted, ids)[0], atol=1e-2)
+
+    # the head trained on them records the adapter
+    head_dir = train_mod.train(_args(tmp_path, tmp_path / "feat", max_steps=2, save_every=0), target=adapted)
+    assert FSPADDraftModel.from_pretrained(head_dir).config.target_adapter == str(tmp_path / "adapter")

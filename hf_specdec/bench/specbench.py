@@ -36,10 +36,13 @@ def group_of(category: str) -> str:
 
 
 def load_questions(path, per_category: int | None = None) -> list[dict]:
-    """Spec-Bench rows ({question_id, category, turns}); with `per_category`, the first N of each group
+    """Spec-Bench rows ({question_id, category, turns}; prompt-pool rows {id, source, prompt} also work);
+    with `per_category`, the first N of each group
     (MT-bench categories taken round-robin, so a small N still spans them)."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for row in rows:
+    for i, row in enumerate(rows):
+        if "prompt" in row and "turns" not in row:  # a training-pool row: its source is its category
+            rows[i] = row = {"question_id": row.get("id", i), "category": row.get("source", "prompt"), "turns": [row["prompt"]]}
         if not row.get("turns") or "category" not in row:
             raise ValueError(f"{path}: question {row.get('question_id')} needs 'category' and non-empty 'turns'.")
     if per_category is None:
@@ -73,12 +76,27 @@ class ForwardCounter:
         self._handle.remove()
 
 
+def parse_method(name: str) -> tuple[str, dict]:
+    """'stock', 'pld', 'fspad', 'eagle2', or a head method with a tree shape: 'fspad@top_k,depth,total_tokens'."""
+    base, _, tree = name.partition("@")
+    if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
+        raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, or fspad@K,D,N / eagle2@K,D,N.")
+    if not tree:
+        return base, {}
+    try:
+        k, d, n = (int(v) for v in tree.split(","))
+    except ValueError:
+        raise ValueError(f"Method {name!r}: the tree shape after '@' must be three integers K,D,N.") from None
+    return base, {"tree_top_k": k, "tree_depth": d, "tree_total_tokens": n}
+
+
 def method_kwargs(name: str, heads: dict, pld_tokens: int) -> dict:
-    if name == "stock":
+    base, tree = parse_method(name)
+    if base == "stock":
         return {}
-    if name == "pld":
+    if base == "pld":
         return {"prompt_lookup_num_tokens": pld_tokens}
-    return {"assistant_model": heads[name], "strategy": "fspad"}
+    return {"assistant_model": heads[base], "strategy": "fspad", **tree}
 
 
 def run(target, tokenizer, questions, methods, heads, temperatures, max_new_tokens, pld_tokens=10, seed=0,
@@ -197,11 +215,12 @@ def load_heads(target, tokenizer, draft: str | None, baseline: str | None, metho
     from ..draft import FSPADDraftModel
     from ..heads import default_baseline_draft, default_draft
 
+    bases = {parse_method(m)[0] for m in methods}
     heads = {}
-    if "fspad" in methods:
+    if "fspad" in bases:
         heads["fspad"] = (FSPADDraftModel.from_pretrained(draft, dtype=target.dtype).attach_target(target, tokenizer)
                           if draft else default_draft(target, tokenizer))
-    if "eagle2" in methods:
+    if "eagle2" in bases:
         heads["eagle2"] = (FSPADDraftModel.from_pretrained(baseline, dtype=target.dtype).attach_target(target, tokenizer)
                            if baseline else default_baseline_draft(target, tokenizer))
     return heads
@@ -214,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0])
     p.add_argument("--methods", nargs="+", default=["stock", "pld", "fspad", "eagle2"],
-                   choices=["stock", "pld", "fspad", "eagle2"])
+                   help="stock, pld, fspad, eagle2; a head method may name its tree: fspad@K,D,N (top_k, depth, "
+                        "total tokens; default: the head's own generation_config)")
     p.add_argument("--model", default=None, help="target folder or id (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
     p.add_argument("--baseline-draft", default=None, help="EAGLE-2 head folder or id (default: the shipped baseline)")
@@ -227,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for m in args.methods:
+        try:
+            parse_method(m)
+        except ValueError as e:
+            parser.error(str(e))
     if "stock" not in args.methods:
         args.methods = ["stock"] + args.methods  # the baseline every speedup is measured against
     torch.set_grad_enabled(False)

@@ -47,7 +47,10 @@ def load_target(name: str | None, dtype: torch.dtype, adapter: str | None = None
         model, tokenizer = default_target(dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError):  # a folder without tokenizer files: fine for stored token ids
+            tokenizer = None
     if adapter is not None:
         from peft import PeftModel
 
@@ -107,6 +110,8 @@ def features_main(argv=None):
     model, tokenizer = load_target(args.model, DTYPES[args.dtype], args.adapter)
     if args.samples:
         samples = [s for path in args.samples for s in read_samples(path)]
+    elif tokenizer is None:
+        p.error(f"--prompts needs the target's tokenizer (for its chat template); {args.model} has none.")
     else:
         samples = []
         for conv in select_per_source(args.prompts, args.per_source, None):
