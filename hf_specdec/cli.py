@@ -1,4 +1,4 @@
-"""`hf-specdec` command line: `hf-specdec demo`, `hf-specdec costs`."""
+"""`hf-specdec` command line: one subcommand a module (see COMMANDS)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ COMMANDS = {
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
     "train": ("hf_specdec.training.train", "train an FSPAD / EAGLE-2 head on extracted features (resumable)"),
+    "export": ("hf_specdec.training.export", "a trained head as a Hub-ready folder with its tuned tree shape"),
 }
 
 

@@ -206,3 +206,17 @@ def test_head_for_a_peft_adapted_target(tmp_path):
     # the head trained on them records the adapter
     head_dir = train_mod.train(_args(tmp_path, tmp_path / "feat", max_steps=2, save_every=0), target=adapted)
     assert FSPADDraftModel.from_pretrained(head_dir).config.target_adapter == str(tmp_path / "adapter")
+
+
+def test_export_writes_serving_dtype_and_tree_defaults(tiny_features, tmp_path):
+    from hf_specdec.strategies.fspad import TreeShape
+    from hf_specdec.training.export import export_head
+
+    target, features = tiny_features
+    head_dir = train_mod.train(_args(tmp_path, features, max_steps=1, save_every=0), target=target)
+    export_head(head_dir, tmp_path / "shipped", tree=(2, 3, 6))
+    head = FSPADDraftModel.from_pretrained(tmp_path / "shipped")
+    assert head.dtype == torch.bfloat16
+    assert (head.generation_config.tree_top_k, head.generation_config.tree_depth,
+            head.generation_config.tree_total_tokens) == (2, 3, 6)
+    assert TreeShape.resolve(head) == TreeShape(2, 3, 6)

@@ -72,18 +72,23 @@ def collate(samples: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the step
 def head_outputs(head, batch: dict, noise_generator: torch.Generator | None):
-    """Run the head over a batch in training layout. Returns (regressed f_{t+1}, draft logits, target f_{t+1},
-    target logits, mask), each over positions t = 0..T-2; logits over the head's draft vocabulary."""
+    """Run the head over a batch in training layout and keep the trained positions (f_{t+1} a response token).
+
+    Returns, for those N positions: regressed f_{t+1} [N, H], draft logits [N, V'], target f_{t+1} [N, H] and
+    target logits [N, V'], logits over the head's draft vocabulary. Logits are computed only where they are
+    trained: the lm_head products are most of a training step's cost.
+    """
     features = batch["features"].float()
     f_in, f_next = features[:, :-1], features[:, 1:]
     if noise_generator is not None:
         f_in = feature_noise(f_in, generator=noise_generator)
-    x_next = batch["input_ids"][:, 1:]
-    out = head(input_ids=x_next, features=f_in)  # causal; right padding never reaches real positions
-    draft_logits = head.compute_logits(out.hidden_states)
+    out = head(input_ids=batch["input_ids"][:, 1:], features=f_in)  # causal; right padding never reaches real positions
+    mask = batch["loss_mask"][:, 1:]
+    draft_logits = head.compute_logits(out.hidden_states[mask])
+    f_next = f_next[mask]
     with torch.no_grad():
         target_logits = head.compute_logits(f_next.to(out.hidden_states.dtype))
-    return out.features, draft_logits, f_next, target_logits, batch["loss_mask"][:, 1:]
+    return out.features[mask], draft_logits, f_next, target_logits
 
 
 @torch.no_grad()
@@ -92,13 +97,13 @@ def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3) -> di
     head.eval()
     totals = {"loss": 0.0, "vloss": 0.0, "ploss": 0.0, "top1": 0.0, f"top{top_k}": 0.0, "tokens": 0}
     for idx in make_batches(samples, batch_tokens, seed=0):
-        regress, logits, f_next, target_logits, mask = head_outputs(head, collate([samples[i] for i in idx]), None)
-        n = int(mask.sum())
+        regress, logits, f_next, target_logits = head_outputs(head, collate([samples[i] for i in idx]), None)
+        n = logits.shape[0]
         if n == 0:
             continue
-        loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, mask)
-        want = target_logits.argmax(-1)[mask]
-        ranked = logits.topk(top_k, dim=-1).indices[mask]
+        loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, torch.ones(n))
+        want = target_logits.argmax(-1)
+        ranked = logits.topk(top_k, dim=-1).indices
         totals["loss"] += float(loss) * n
         totals["vloss"] += float(vloss) * n
         totals["ploss"] += float(ploss) * n
@@ -209,8 +214,9 @@ def train(args, target=None, tokenizer=None) -> Path:
             batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in batches[b]]).items()}
             noise = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1_000_003 + state["step"])
             with accelerator.autocast():
-                regress, logits, f_next, target_logits, mask = head_outputs(raw_head, batch, noise)
-                loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, mask, 1.0, args.logit_weight)
+                regress, logits, f_next, target_logits = head_outputs(raw_head, batch, noise)
+                ones = torch.ones(logits.shape[0], device=logits.device)
+                loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, ones, 1.0, args.logit_weight)
             accelerator.backward(loss)
             accelerator.clip_grad_value_(head.parameters(), args.clip)
             optimizer.step()
@@ -220,7 +226,7 @@ def train(args, target=None, tokenizer=None) -> Path:
             bar.update(1)
             if state["step"] % args.log_every == 0:
                 with torch.no_grad():
-                    acc = float((logits.argmax(-1) == target_logits.argmax(-1))[mask].float().mean())
+                    acc = float((logits.argmax(-1) == target_logits.argmax(-1)).float().mean())
                 bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{acc:.3f}")
                 log({"step": state["step"], "loss": loss.item(), "vloss": vloss.item(), "ploss": ploss.item(),
                      "train_top1": acc, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - started})

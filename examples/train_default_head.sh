@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The recipe that trained the shipped heads for SmolLM2-135M-Instruct on a 2-core CPU.
+# Every step is resumable: after a kill, run the script again and each command continues where it stopped.
+set -euo pipefail
+RUN=${RUN:-runs/smollm2}
+POOL=${POOL:-../shared/data/train_prompts.jsonl}
+
+# 1. The target answers the first 400 prompts of each source (greedy, <= 192 new tokens, prompts <= 384 tokens).
+hf-specdec distill --prompts "$POOL" --per-source 400 --max-prompt-tokens 384 --batch-size 24 \
+    --max-new-tokens 192 --out "$RUN/responses.jsonl"
+# 2. Target features (last hidden state, bf16) for the self-distilled answers, and for some of the pool's own
+#    reference answers (more text at the cost of one forward each, no generation).
+hf-specdec features --samples "$RUN/responses.jsonl" --out "$RUN/features"
+hf-specdec features --prompts "$POOL" --per-source 150 --max-length 768 --out "$RUN/features"
+# 3. The FSPAD head and the EAGLE-2 baseline head, same data, same budget, same 16k draft vocabulary.
+for variant in fspad eagle2; do
+    hf-specdec train --features "$RUN/features" --variant "$variant" --draft-vocab 16384 \
+        --epochs "${EPOCHS:-2}" --lr 1e-3 --warmup-steps 50 --out "$RUN/$variant"
+done
+# 4. Tree shape: tuned on held-out pool prompts (never on Spec-Bench), e.g.
+#    python examples/make_tune_prompts.py > "$RUN/tune_prompts.jsonl"
+#    hf-specdec bench --questions "$RUN/tune_prompts.jsonl" --draft "$RUN/fspad/head" \
+#        --methods stock fspad@4,4,16 fspad@2,4,8 fspad@3,5,12 --out "$RUN/tune.json"
