@@ -71,3 +71,28 @@ def test_head_made_with_another_tokenizer_is_refused(smollm, llama):
         model.generate(chat_ids(tok, "Hi"), assistant_model=head, strategy="fspad", tokenizer=tok, max_new_tokens=2)
     with pytest.raises(ValueError, match="hidden size: head 576, target 64"):
         llama.generate(torch.tensor([[1, 2]]), assistant_model=head, strategy="fspad", max_new_tokens=2)
+
+
+def test_shipped_heads_are_lossless_and_accept_drafts(smollm):
+    """The trained heads shipped in the package: float32 output equals stock greedy, and they are trained
+    (an untrained head accepts nothing: tau 1.0)."""
+    model, tok = smollm
+    for load in (hf_specdec.default_draft, hf_specdec.default_baseline_draft):
+        head = load(model, tok)
+        assert head.dtype == torch.float32 and head.config.draft_vocab_size is not None
+        taus = []
+        for text in PROMPTS:
+            ids = chat_ids(tok, text)
+            ref = model.generate(ids, max_new_tokens=32, do_sample=False)
+            out = model.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=32,
+                                 return_dict_in_generate=True, tokenizer=tok)
+            assert torch.equal(out.sequences, ref)
+            taus.append(out.spec_stats.tau)
+        assert sum(taus) / len(taus) > 1.5, taus
+
+
+def test_default_draft_without_target_is_bf16_and_unattached():
+    head = hf_specdec.default_draft()
+    assert head.dtype == torch.bfloat16 and head.config.target_architecture == "LlamaForCausalLM"
+    with pytest.raises(RuntimeError, match="no target attached"):
+        head.compute_logits(torch.zeros(1, 576, dtype=torch.bfloat16))
