@@ -9,6 +9,7 @@ COMMANDS = {
     "costs": ("hf_specdec.bench.costs", "cost of a tree verification forward and of one head step"),
     "ceiling": ("hf_specdec.bench.ceiling", "speed at a known draft accuracy (oracle head) per tree shape"),
     "bench": ("hf_specdec.bench.specbench", "Spec-Bench: stock vs prompt lookup vs fspad vs EAGLE-2 head, per category"),
+    "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
     "train": ("hf_specdec.training.train", "train an FSPAD / EAGLE-2 head on extracted features (resumable)"),

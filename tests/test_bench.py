@@ -80,3 +80,28 @@ def test_method_names_with_tree_shapes():
         specbench.parse_method("fspad@4,4")
     with pytest.raises(SystemExit):
         specbench.main(["--methods", "stock", "pld@1,2,3"])
+
+
+def test_plot_writes_one_chart_per_temperature(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [{"temperature": t, "group": g, "method": m, "speedup": s}
+            for t in (0.0, 1.0) for g in ("qa", "overall") for m, s in (("stock", 1.0), ("fspad", 1.3))]
+    assert specbench.plot(rows, tmp_path / "bench.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_T0.png", "bench_T1.png"]
+
+
+def test_profile_breakdown_adds_up(llama, llama_head):
+    import cProfile
+    import pstats
+
+    from hf_specdec.bench.profile import breakdown
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    llama.generate(torch.tensor([[3, 1, 4, 1, 5]]), assistant_model=llama_head, strategy="fspad", max_new_tokens=20)
+    profiler.disable()
+    parts = breakdown(pstats.Stats(profiler))
+    assert parts["total"] > 0 and parts["target forwards (prefill + verification)"] > 0
+    assert parts["head steps: tree expansion"] > 0 and parts["KV-cache compaction"] > 0
+    assert all(v >= 0 for v in parts.values()), parts
+    assert sum(v for k, v in parts.items() if k != "total") == pytest.approx(parts["total"])

@@ -71,18 +71,20 @@ def collate(samples: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the step
-def head_outputs(head, batch: dict, noise_generator: torch.Generator | None):
+def head_outputs(head, batch: dict, noise_generator: torch.Generator | None, wrapped=None):
     """Run the head over a batch in training layout and keep the trained positions (f_{t+1} a response token).
 
     Returns, for those N positions: regressed f_{t+1} [N, H], draft logits [N, V'], target f_{t+1} [N, H] and
     target logits [N, V'], logits over the head's draft vocabulary. Logits are computed only where they are
-    trained: the lm_head products are most of a training step's cost.
+    trained: the lm_head products are most of a training step's cost. `wrapped`: the head as accelerate
+    prepared it (DistributedDataParallel on several GPUs), whose forward must run for gradients to sync.
     """
     features = batch["features"].float()
     f_in, f_next = features[:, :-1], features[:, 1:]
     if noise_generator is not None:
         f_in = feature_noise(f_in, generator=noise_generator)
-    out = head(input_ids=batch["input_ids"][:, 1:], features=f_in)  # causal; right padding never reaches real positions
+    # causal attention: right padding never reaches a real position
+    out = (head if wrapped is None else wrapped)(input_ids=batch["input_ids"][:, 1:], features=f_in)
     mask = batch["loss_mask"][:, 1:]
     draft_logits = head.compute_logits(out.hidden_states[mask])
     f_next = f_next[mask]
@@ -181,7 +183,7 @@ def train(args, target=None, tokenizer=None) -> Path:
             raise ValueError(f"The features in {args.features} were extracted from another model than the target given.")
 
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
-    steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed))
+    steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed)) // accelerator.num_processes
     total_steps = args.max_steps or steps_per_epoch * args.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
     head, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
@@ -207,14 +209,16 @@ def train(args, target=None, tokenizer=None) -> Path:
     started = time.time()
     while state["step"] < total_steps:
         batches = make_batches(train_samples, args.batch_tokens, seed=args.seed + state["epoch"])
-        batches = batches[accelerator.process_index :: accelerator.num_processes]
+        # each process takes every n-th batch; all take the same number, so none waits on a missing one
+        per_process = len(batches) // accelerator.num_processes
+        batches = batches[accelerator.process_index :: accelerator.num_processes][:per_process]
         for b in range(state["batch_in_epoch"], len(batches)):
             if state["step"] >= total_steps:
                 break
             batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in batches[b]]).items()}
             noise = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1_000_003 + state["step"])
             with accelerator.autocast():
-                regress, logits, f_next, target_logits = head_outputs(raw_head, batch, noise)
+                regress, logits, f_next, target_logits = head_outputs(raw_head, batch, noise, wrapped=head)
                 ones = torch.ones(logits.shape[0], device=logits.device)
                 loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, ones, 1.0, args.logit_weight)
             accelerator.backward(loss)
