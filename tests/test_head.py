@@ -123,3 +123,21 @@ def test_corrupted_checkpoint_is_a_clear_error(llama_head, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
         FSPADDraftModel.from_pretrained(tmp_path)
+
+
+def test_unknown_shipped_head_lists_the_shipped_ones():
+    from hf_specdec.heads import shipped_head_path
+
+    with pytest.raises(FileNotFoundError, match=r"No shipped head 'nope'.*smollm2-135m-instruct-fspad"):
+        shipped_head_path("nope")
+
+
+def test_loaded_head_computes_what_the_saved_one_did(llama, tmp_path):
+    """Non-persistent buffers (the rotary inv_freq) must be rebuilt on load, not left as uninitialised memory."""
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(llama)
+    head.save_pretrained(tmp_path)
+    loaded = FSPADDraftModel.from_pretrained(tmp_path).attach_target(llama)
+    torch.testing.assert_close(loaded.rotary_emb.inv_freq, head.rotary_emb.inv_freq)
+    ids, feats = torch.tensor([[3, 7, 9, 2]]), torch.randn(1, 4, llama.config.hidden_size)
+    torch.testing.assert_close(loaded(input_ids=ids, features=feats).features, head(input_ids=ids, features=feats).features)

@@ -104,6 +104,8 @@ class FSPADDraftModel(PreTrainedModel):
                 module.bias.data.zero_()
         elif isinstance(module, LlamaRMSNorm):
             module.weight.data.fill_(1.0)
+        else:  # e.g. the rotary embedding's inv_freq: a non-persistent buffer that from_pretrained must recompute
+            super()._init_weights(module)
 
     # ------------------------------------------------------------------------------------ checkpoints
     # transformers keeps a generation_config only for models that generate; the head's carries the tree
