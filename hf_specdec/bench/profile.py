@@ -59,7 +59,6 @@ def main(argv=None):
     p.add_argument("--draft", default=None, help="head folder (default: the shipped FSPAD head)")
     p.add_argument("--sample", action="store_true", help="profile do_sample=True (T=1) instead of greedy")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     from ..draft import FSPADDraftModel
     from ..heads import default_draft
     from ..training.prepare import load_target

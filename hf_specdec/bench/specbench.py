@@ -256,7 +256,6 @@ def main(argv=None):
             parser.error(str(e))
     if "stock" not in args.methods:
         args.methods = ["stock"] + args.methods  # the baseline every speedup is measured against
-    torch.set_grad_enabled(False)
     from ..training.prepare import load_target
 
     target, tokenizer = load_target(args.model, getattr(torch, args.dtype))

@@ -145,6 +145,7 @@ def save_checkpoint(accelerator, out_dir: Path, state: dict, keep: int = 2) -> N
 
 
 # ------------------------------------------------------------------------------------------------- train
+@torch.enable_grad()  # whatever the caller's grad mode
 def train(args, target=None, tokenizer=None) -> Path:
     """Train (or resume) per `args` (see `build_parser`). `target`/`tokenizer` skip loading the target again."""
     from accelerate import Accelerator
