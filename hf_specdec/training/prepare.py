@@ -62,13 +62,18 @@ def load_target(name: str | None, dtype: torch.dtype, adapter: str | None = None
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """--model, --adapter, --dtype: which target produces the training data (see `load_target`)."""
+    p.add_argument("--model", default=None, help="target model id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="PEFT adapter to merge into the target (recorded with the data)")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+
+
 def distill_main(argv=None):
     p = argparse.ArgumentParser(prog="hf-specdec distill", description="Answer training prompts with the target.")
     p.add_argument("--prompts", default="../shared/data/train_prompts.jsonl")
     p.add_argument("--out", required=True, help="JSONL of {id, input_ids, loss_mask} (appended to; resumable)")
-    p.add_argument("--model", default=None, help="target model id or folder (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", default=None, help="PEFT adapter to apply to the target")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    add_target_arguments(p)
     p.add_argument("--per-source", type=int, default=None, help="take the first N prompts of each source")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
@@ -98,9 +103,7 @@ def features_main(argv=None):
     src.add_argument("--samples", nargs="+", help="JSONL(s) written by `hf-specdec distill` ({id, input_ids, loss_mask})")
     src.add_argument("--prompts", help="prompts JSONL whose `reference` / last assistant turn is the response")
     p.add_argument("--out", required=True, help="feature folder (manifest.json + safetensors shards)")
-    p.add_argument("--model", default=None, help="target model id or folder (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", default=None, help="PEFT adapter to apply to the target (recorded in the manifest)")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    add_target_arguments(p)
     p.add_argument("--per-source", type=int, default=None, help="with --prompts: the first N rows of each source")
     p.add_argument("--min-response-tokens", type=int, default=8, help="with --prompts: skip shorter references")
     p.add_argument("--limit", type=int, default=None)
