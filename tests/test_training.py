@@ -105,7 +105,7 @@ def test_validation_split_is_stable():
     ids = [f"s{i}" for i in range(2000)]
     held = [i for i in ids if is_validation(i, 0.05)]
     assert 50 <= len(held) <= 150
-    assert held == [i for i in reversed(ids) if is_validation(i, 0.05)][::-1]
+    assert set(held) < {i for i in ids if is_validation(i, 0.10)}  # a larger fraction only adds samples
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -153,6 +153,8 @@ def test_training_with_draft_vocabulary(tiny_features, tmp_path):
     head_dir = train_mod.train(_args(tmp_path, features, draft_vocab=32, max_steps=3, save_every=0), target=target)
     head = FSPADDraftModel.from_pretrained(head_dir).attach_target(target)
     assert head.config.draft_vocab_size == 32
+    final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 < final["val"]["draft_vocab_coverage"] < 1.0  # random tokens over 127 ids: 32 cannot cover all
     assert head.draft_to_target.unique().numel() == 32 and head.draft_to_target.max() < 128
 
 

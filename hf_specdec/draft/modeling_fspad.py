@@ -40,6 +40,11 @@ def embedding_fingerprint(embedding_weight: torch.Tensor) -> list[float]:
     return [float(f"{v:.6g}") for v in norms.tolist()]
 
 
+def same_fingerprint(a: list[float], b: list[float]) -> bool:
+    """Whether two embedding fingerprints come from the same embeddings (up to dtype rounding)."""
+    return torch.allclose(torch.tensor(a), torch.tensor(b), rtol=_FINGERPRINT_RTOL, atol=1e-6)
+
+
 def tokenizer_hash(tokenizer) -> str:
     """A short hash of the tokenizer's vocabulary (token -> id)."""
     vocab = sorted(tokenizer.get_vocab().items())
@@ -172,9 +177,7 @@ class FSPADDraftModel(PreTrainedModel):
         if embed.shape[0] != c.vocab_size:
             problems.append(f"vocabulary size: head {c.vocab_size}, target {embed.shape[0]}")
         if not problems and c.target_fingerprint is not None:
-            theirs = torch.tensor(embedding_fingerprint(embed))
-            ours = torch.tensor(c.target_fingerprint)
-            if not torch.allclose(theirs, ours, rtol=_FINGERPRINT_RTOL, atol=1e-6):
+            if not same_fingerprint(embedding_fingerprint(embed), c.target_fingerprint):
                 problems.append("embedding fingerprint: the target's token embeddings are not those the head was made for")
         if tokenizer is not None and c.target_tokenizer_hash is not None:
             if tokenizer_hash(tokenizer) != c.target_tokenizer_hash:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -139,8 +140,6 @@ def save_checkpoint(accelerator, out_dir: Path, state: dict, keep: int = 2) -> N
         (path / "trainer_state.json").write_text(json.dumps(state))
         ckpts = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in ckpts[:-keep]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -153,6 +152,7 @@ def train(args, target=None, tokenizer=None) -> Path:
     from transformers import get_cosine_schedule_with_warmup
 
     from ..draft import FSPADDraftModel
+    from ..draft.modeling_fspad import same_fingerprint
     from .prepare import DTYPES, load_target
 
     out_dir = Path(args.out)
@@ -176,12 +176,8 @@ def train(args, target=None, tokenizer=None) -> Path:
         head.draft_to_target.copy_(draft_vocabulary(train_samples, args.draft_vocab, head.config.vocab_size))
         head.attach_target(target, tokenizer)  # re-slice the lm_head rows for the chosen vocabulary
     head = head.float().train()
-    if manifest["target"]["fingerprint"] != head.config.target_fingerprint:
-        from ..draft.modeling_fspad import _FINGERPRINT_RTOL
-
-        theirs, ours = torch.tensor(manifest["target"]["fingerprint"]), torch.tensor(head.config.target_fingerprint)
-        if not torch.allclose(theirs, ours, rtol=_FINGERPRINT_RTOL):
-            raise ValueError(f"The features in {args.features} were extracted from another model than the target given.")
+    if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
+        raise ValueError(f"The features in {args.features} were extracted from another model than the target given.")
 
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed)) // accelerator.num_processes
@@ -251,6 +247,11 @@ def train(args, target=None, tokenizer=None) -> Path:
     final = {"step": state["step"], "final": True}
     if val:
         final["val"] = evaluate(raw_head, val, args.batch_tokens)
+        if args.draft_vocab:
+            in_vocab = torch.zeros(raw_head.config.vocab_size, dtype=torch.bool)
+            in_vocab[raw_head.draft_to_target.cpu()] = True
+            answers = torch.cat([s["input_ids"][s["loss_mask"]] for s in val])
+            final["val"]["draft_vocab_coverage"] = float(in_vocab[answers].float().mean())
     log(final)
     if accelerator.is_main_process:
         raw_head.save_pretrained(out_dir / "head")
