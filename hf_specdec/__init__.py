@@ -17,7 +17,7 @@ from .default_model import default_target, default_target_path
 from .draft import FSPADConfig, FSPADDraftModel
 from .heads import default_baseline_draft, default_draft
 from .hook import install_generate_hook, specdec_generate, uninstall_generate_hook
-from .strategies import STRATEGIES, SpecDecodeOutput, SpecDecodeStats, fspad_generate
+from .strategies import STRATEGIES, SpecDecodeOutput, SpecDecodeStats, fspad_generate, spechub_generate
 
 __version__ = "0.1.0"
 
@@ -42,5 +42,6 @@ __all__ = [
     "fspad_generate",
     "install_generate_hook",
     "specdec_generate",
+    "spechub_generate",
     "uninstall_generate_hook",
 ]

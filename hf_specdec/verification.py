@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree.structure import DraftTree
+from .multidraft import Verifier, resolve
+from .tree.structure import DraftTree, SampledDraftTree
 
 
 @dataclass
@@ -83,5 +84,33 @@ def verify_sampling(tree: DraftTree, probs: torch.Tensor, generator=None) -> Ver
             next_token = torch.multinomial(residual / residual.sum(), 1, generator=generator)
             break
         node = int(children[j])
+        path.append(node)
+    return Verdict(path=torch.tensor([path], device=tokens.device), next_tokens=next_token)
+
+
+def verify_multidraft(tree: SampledDraftTree, probs: torch.Tensor, verifier: Verifier, generator=None) -> Verdict:
+    """Rule for trees of sampled children (strategy="spechub"): walk down from the root; at each node resolve
+    its children with the verifier's plan against p = probs[node] and the draft distribution q they were drawn
+    from; an accepted child becomes the current node; when all are rejected, the correction token comes from
+    the plan's residual; at a leaf, the next token is drawn from p. probs [1, N, V]: the target's processed
+    probabilities after each node. Lossless in distribution when every node's children follow the
+    verifier's draft law."""
+    if tree.tokens.shape[0] != 1:
+        raise NotImplementedError("verify_multidraft handles batch size 1")
+    parents, tokens = tree.parents[0], tree.tokens[0]
+    node, path = 0, [0]
+    while True:
+        children = (parents == node).nonzero().flatten()
+        p = probs[0, node].float()
+        if children.numel() == 0:
+            next_token = torch.multinomial(p, 1, generator=generator)
+            break
+        drafts = tokens[children][None]
+        plan = verifier.plan(p[None], tree.draft_probs[0, node][None].float(), drafts)
+        slot, token = resolve(plan, drafts, generator)
+        if int(slot) < 0:
+            next_token = token
+            break
+        node = int(children[int(slot)])
         path.append(node)
     return Verdict(path=torch.tensor([path], device=tokens.device), next_tokens=next_token)

@@ -19,7 +19,8 @@ from transformers import DynamicCache
 
 from ..default_model import default_target
 from ..draft import FSPADDraftModel
-from ..strategies.fspad import HeadDrafter, target_forward
+from ..strategies.drafters import HeadDrafter
+from ..strategies.engine import target_forward
 from ..strategies.common import SpecDecodeStats
 from ..tree import DraftTree, crop_cache, tree_attention_mask, tree_position_ids
 

@@ -17,9 +17,9 @@ from .specbench import DEV_QUESTIONS, load_questions
 
 # (label, module path suffix, function name): cumulative time of each; "tree growth" excludes head steps.
 PARTS = [
-    ("target forwards (prefill + verification)", "strategies/fspad.py", "target_forward"),
-    ("head steps: catch-up on accepted tokens", "strategies/fspad.py", "catch_up"),
-    ("head steps: tree expansion", "strategies/fspad.py", "expand"),
+    ("target forwards (prefill + verification)", "strategies/engine.py", "target_forward"),
+    ("head steps: catch-up on accepted tokens", "strategies/drafters.py", "catch_up"),
+    ("head steps: tree expansion", "strategies/drafters.py", "expand"),
     ("tree growth (incl. its head steps)", "tree/growth.py", "grow_tree"),
     ("verification rules", "verification.py", "verify_greedy"),
     ("verification rules", "verification.py", "verify_sampling"),

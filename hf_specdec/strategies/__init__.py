@@ -3,7 +3,8 @@ callable: (model, input_ids, logits_processor, stopping_criteria, generation_con
 
 from .common import SpecDecodeOutput, SpecDecodeStats
 from .fspad import fspad_generate
+from .spechub import spechub_generate
 
-STRATEGIES = {"fspad": fspad_generate}
+STRATEGIES = {"fspad": fspad_generate, "spechub": spechub_generate}
 
-__all__ = ["STRATEGIES", "SpecDecodeOutput", "SpecDecodeStats", "fspad_generate"]
+__all__ = ["STRATEGIES", "SpecDecodeOutput", "SpecDecodeStats", "fspad_generate", "spechub_generate"]

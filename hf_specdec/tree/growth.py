@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .structure import DraftTree
+from .structure import DraftTree, SampledDraftTree
 
 # expand(tokens [B, k], features [B, k, H], slot_ancestors [B, k, S], depth) -> (log_probs [B, k, V], features [B, k, H])
 # S counts every node fed to the draft so far in this tree, the k new ones last; depth is the new nodes' depth.
@@ -93,3 +93,88 @@ def grow_tree(
     tokens = torch.cat([root_tokens[:, None], to_target(all_tokens.gather(1, kept))], dim=1)
     parents = torch.cat([torch.full((B, 1), -1, dtype=torch.long, device=device), parents], dim=1)
     return DraftTree.from_parents(tokens, parents)
+
+
+# draw(q [M, V], m) -> children [M, m]: m children per row drawn from the draft probabilities q.
+DrawFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def grow_sampled_tree(
+    expand: ExpandFn,
+    draft_probs: Callable[[torch.Tensor], torch.Tensor],
+    draw: DrawFn,
+    root_token: torch.Tensor,
+    root_log_probs: torch.Tensor,
+    root_features: torch.Tensor | None,
+    width: int,
+    depth: int,
+    total_tokens: int,
+    distinct: bool,
+) -> SampledDraftTree:
+    """Grow a tree of sampled children, level by level, for one sequence (batch size 1).
+
+    Every expanded node gets `width` children drawn by `draw` from its draft distribution
+    q = draft_probs(draft log-probs) (target vocabulary). The node budget `total_tokens` (root included) goes
+    to the frontier nodes with the best cumulative draft log-probability first; the last one may get fewer
+    children, and with `distinct` children a node gets at most nnz(q) of them. Only the nodes that will have
+    children are fed to the draft. Which nodes are expanded, and how many children each gets, depends only on
+    the draft's probabilities of the nodes' own paths, never on the children drawn, so a verifier that is
+    lossless for any number of children stays lossless.
+    """
+    if root_token.shape[0] != 1:
+        raise NotImplementedError("grow_sampled_tree handles batch size 1")
+    device = root_token.device
+    tokens, parents, scores = [int(root_token[0])], [-1], [0.0]
+    probs_of: dict[int, torch.Tensor] = {}
+    slot_of: dict[int, int] = {}  # node -> its slot among the nodes fed to the draft (the root is none)
+    frontier, frontier_lp, frontier_features = [0], root_log_probs, root_features
+    for level in range(1, depth + 1):
+        q = draft_probs(frontier_lp.reshape(len(frontier), -1))  # [F, V]
+        budget = total_tokens - len(tokens)
+        counts = [0] * len(frontier)
+        for f in sorted(range(len(frontier)), key=lambda f: -scores[frontier[f]]):
+            cap = int((q[f] > 0).sum()) if distinct else width
+            counts[f] = max(0, min(width, cap, budget))
+            budget -= counts[f]
+        children = [None] * len(frontier)
+        for m in set(counts) - {0}:
+            rows = [f for f, c in enumerate(counts) if c == m]
+            for f, drawn in zip(rows, draw(q[rows], m).tolist()):
+                children[f] = drawn
+        new_nodes = []
+        for f, node in enumerate(frontier):
+            if not children[f]:
+                continue
+            probs_of[node] = q[f]
+            log_q = q[f, children[f]].log().tolist()
+            for token, lq in zip(children[f], log_q):
+                new_nodes.append(len(tokens))
+                tokens.append(token)
+                parents.append(node)
+                scores.append(scores[node] + lq)
+        left = total_tokens - len(tokens)
+        if level == depth or not new_nodes or left <= 0:
+            break
+        # Feed the nodes that the next level can expand: the best ones, enough to use the budget.
+        fed = sorted(new_nodes, key=lambda n: -scores[n])[: -(-left // width)]
+        fed.sort()
+        for n in fed:
+            slot_of[n] = len(slot_of)
+        ancestors = torch.zeros(1, len(fed), len(slot_of), dtype=torch.bool, device=device)
+        for row, n in enumerate(fed):
+            a = n
+            while a > 0:
+                ancestors[0, row, slot_of[a]] = True
+                a = parents[a]
+        parent_rows = [frontier.index(parents[n]) for n in fed]
+        features = None if frontier_features is None else frontier_features.reshape(len(frontier), -1)[parent_rows][None]
+        frontier_lp, frontier_features = expand(
+            torch.tensor([[tokens[n] for n in fed]], device=device), features, ancestors, level
+        )
+        frontier = fed
+    base = DraftTree.from_parents(torch.tensor([tokens], device=device), torch.tensor([parents], device=device))
+    vocab = next(iter(probs_of.values())).shape[-1]
+    draft = torch.zeros(1, len(tokens), vocab, device=device)
+    for node, q_node in probs_of.items():
+        draft[0, node] = q_node
+    return SampledDraftTree(base.tokens, base.parents, base.depths, base.ancestors, draft_probs=draft)

@@ -51,3 +51,14 @@ class DraftTree:
         levels = torch.arange(1, D + 1, device=self.tokens.device)
         at_level = self.ancestors[..., None] & (self.depths[:, None, :, None] == levels)  # [B, N, N, D]
         return (at_level * self.tokens[:, None, :, None]).sum(2)
+
+
+@dataclass
+class SampledDraftTree(DraftTree):
+    """A draft tree whose children were sampled from the draft: also keeps, for every node with children,
+    the draft distribution they were drawn from (what a multi-draft verifier compares the target with).
+
+    draft_probs [B, N, V] target-vocabulary probabilities (zero rows for leaves)
+    """
+
+    draft_probs: torch.Tensor | None = None

@@ -1,0 +1,151 @@
+"""The tree speculative decoding loop every tree strategy runs; the strategies differ only in how the tree is
+grown and how it is verified.
+
+One cycle, with L committed tokens in the target's cache and the last committed token (the root) not yet in
+it:
+    1. `grow(root, draft_state, L)`: the drafter grows a tree from the root;
+    2. the target verifies the whole tree in one forward (tree mask after the cached prefix, depth positions);
+    3. `verify(tree, scores)` picks the accepted path and the target's next token after it;
+    4. the target cache is compacted to prefix + accepted path, the tokens are emitted (stopping criteria per
+       token), and the drafter catches up on them, which gives the next root's draft state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+from ..tree import DraftTree, check_compactable, compact_cache, tree_attention_mask, tree_position_ids
+from ..verification import Verdict
+from .common import (
+    SpecDecodeStats,
+    TokenEmitter,
+    check_generation_config,
+    check_model_kwargs,
+    process_tree_scores,
+    strip_left_padding,
+)
+
+# What a drafter hands the tree grower for the root: (draft log-probs [B, V'] after the root, feature [B, H]
+# or None for drafts that do not read the target's features).
+DraftState = tuple[torch.Tensor, "torch.Tensor | None"]
+
+MODEL_INPUTS = {"attention_mask", "past_key_values", "use_cache", "position_ids", "logits_to_keep"}
+
+
+class Drafter(Protocol):
+    def start(self, prompt: torch.Tensor, first: torch.Tensor, features: torch.Tensor) -> DraftState:
+        """Read the prompt [B, L] (with the target's features [B, L, H]) and the first new token [B]."""
+
+    def catch_up(self, tokens: torch.Tensor, features: torch.Tensor, cached: int) -> DraftState:
+        """Read the tokens [B, P] emitted by a cycle that started with `cached` tokens in the target cache
+        (the accepted draft tokens, then the target's next token), with the target's features at the
+        accepted path [B, P] (root first), dropping whatever the tree growth left behind."""
+
+    def expand(self, cached: int) -> Callable:
+        """The tree growers' `expand` callback for a tree rooted after `cached` target-cache tokens."""
+
+
+def target_forward(model, input_ids, cache, position_ids, attention_mask=None):
+    """One forward through a causal LM's decoder and lm_head: (features [B, q, H], logits [B, q, V] float32).
+    Features are the last hidden states after the final norm: what an FSPAD head reads."""
+    out = model.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    features = out.last_hidden_state
+    logits = model.get_output_embeddings()(features).float()
+    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return features, logits
+
+
+def choose_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+    """The next token from processed scores [B, V], as stock generate picks it."""
+    if do_sample:
+        return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+    return scores.argmax(-1)
+
+
+def open_request(strategy: str, model, input_ids, generation_config: GenerationConfig, synced_gpus: bool,
+                 model_kwargs: dict, extra_options: set[str] = frozenset()):
+    """Checks shared by the tree strategies; returns (cache, left padding, unpadded prompt)."""
+    check_generation_config(strategy, generation_config)
+    if input_ids.shape[0] != 1:
+        raise NotImplementedError(
+            f"strategy={strategy!r} supports batch size 1 for now (got {input_ids.shape[0]}); "
+            "call generate once per prompt."
+        )
+    if synced_gpus:
+        raise NotImplementedError(f"strategy={strategy!r} does not support synced_gpus.")
+    check_model_kwargs(strategy, model_kwargs, MODEL_INPUTS | set(extra_options))
+    cache = model_kwargs.get("past_key_values")
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    check_compactable(cache)
+    if cache.get_seq_length() > 0:
+        raise ValueError(f"strategy={strategy!r} starts from an empty cache; do not pass a filled past_key_values.")
+    padding, prompt = strip_left_padding(input_ids, model_kwargs.get("attention_mask"))
+    return cache, padding, prompt
+
+
+def run_tree_decoding(
+    model,
+    prompt: torch.Tensor,
+    padding: torch.Tensor,
+    cache: DynamicCache,
+    drafter: Drafter,
+    grow: Callable[[torch.Tensor, DraftState, int], DraftTree],
+    verify: Callable[[DraftTree, torch.Tensor], Verdict],
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    streamer,
+    stats: SpecDecodeStats,
+):
+    """The decoding loop (module docstring). `verify` gets the target's processed scores [1, N, V]."""
+    emitter = TokenEmitter(
+        prompt, stopping_criteria, streamer,
+        keep_scores=generation_config.return_dict_in_generate and generation_config.output_scores,
+        keep_logits=generation_config.return_dict_in_generate and generation_config.output_logits,
+    )
+    if streamer is not None:
+        streamer.put(torch.cat([padding, prompt], -1).cpu())
+
+    # Prefill: the target's features for the prompt and its first token.
+    L = prompt.shape[1]
+    features, logits = target_forward(model, prompt, cache, torch.arange(L, device=prompt.device)[None])
+    stats.target_forwards += 1
+    scores = logits_processor(prompt, logits[:, -1])
+    first = choose_token(scores, generation_config.do_sample)
+    emitter.emit(first, scores, logits[:, -1])
+    stats.new_tokens += 1
+    if not emitter.finished:
+        draft_state = drafter.start(prompt, first, features)
+
+    while not emitter.finished:
+        tree = grow(emitter.sequence[:, -1], draft_state, L)
+        mask = tree_attention_mask(tree.ancestors, L, model.dtype)
+        features, logits = target_forward(model, tree.tokens, cache, tree_position_ids(tree.depths, L), mask)
+        stats.target_forwards += 1
+        scores = process_tree_scores(logits, tree, emitter.sequence, logits_processor)
+        verdict = verify(tree, scores)
+        path = verdict.path[0]
+        compact_cache(cache, torch.cat([torch.arange(L, device=path.device), L + path]))
+
+        new_tokens = torch.cat([tree.tokens[0, path[1:]], verdict.next_tokens])
+        kept = emitter.emit(new_tokens, scores[0, path], logits[0, path])
+        stats.accepted_lengths.append(kept)
+        stats.new_tokens += kept
+        if emitter.finished:
+            break
+        draft_state = drafter.catch_up(new_tokens[None], features[:, path], L)
+        L += path.shape[0]
+
+    return emitter.result(generation_config, cache, stats, padding)

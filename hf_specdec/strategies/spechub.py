@@ -1,0 +1,133 @@
+"""strategy="spechub": multi-draft speculative sampling over trees of sampled children.
+
+The draft (an FSPAD head or an ordinary small causal LM over the target's vocabulary) grows a tree whose
+children are *sampled* from its distribution q (temperature / top-k / top-p as for the target): two per node
+by default, drawn with the verifier's draft law. The target verifies the tree in one forward and each node on
+the way down is resolved with the chosen rule (hf_specdec/multidraft.py): SpecHub (default), or the
+recursive-rejection baselines RRS (i.i.d. drafts) and RRSw (drafts without replacement). The output is
+distributed exactly as stock sampling `generate`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessorList,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    MinPLogitsWarper,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+from ..draft import FSPADDraftModel
+from ..multidraft import VERIFIERS
+from ..tree import grow_sampled_tree
+from ..verification import verify_multidraft
+from .common import SpecDecodeStats
+from .drafters import CausalLMDrafter, HeadDrafter, check_draft_lm
+from .engine import open_request, run_tree_decoding
+
+# Binary trees (SpecHub's draft law puts two children on a node); full depth 3 = 15 tokens verified per
+# forward, root included, the paper's mid-size tree.
+DEFAULT_DRAFTS_PER_NODE = 2
+DEFAULT_DEPTH = 3
+
+
+def full_tree_size(width: int, depth: int) -> int:
+    """Nodes of a full tree, root included: 1 + w + ... + w^depth."""
+    return sum(width**d for d in range(depth + 1))
+
+
+# Warpers that only reshape a distribution (no context): the draft's logits go through the request's too.
+CONTEXT_FREE_WARPERS = (
+    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
+    TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper,
+)
+
+
+def draft_warpers(logits_processor: LogitsProcessorList) -> LogitsProcessorList:
+    """The request's sampling warpers (temperature, top-k, top-p, ...), taken from the very processors stock
+    generate built for the target: the closer the draft's q is to the target's processed p, the more children
+    are accepted. (q may be anything without losing exactness; only acceptance depends on it.)"""
+    return LogitsProcessorList(w for w in logits_processor if isinstance(w, CONTEXT_FREE_WARPERS))
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+@torch.no_grad()
+def spechub_generate(
+    model,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    draft_model=None,
+    streamer=None,
+    tokenizer=None,
+    verifier: str = "spechub",
+    drafts_per_node: int = DEFAULT_DRAFTS_PER_NODE,
+    tree_depth: int = DEFAULT_DEPTH,
+    tree_total_tokens: int | None = None,
+    synced_gpus: bool = False,
+    **model_kwargs,
+):
+    """Multi-draft speculative sampling. `model.generate(ids, assistant_model=draft, strategy="spechub",
+    do_sample=True, ...)` with `verifier="spechub" | "rrs" | "rrsw"`, `drafts_per_node` (children per
+    expanded node), `tree_depth` and `tree_total_tokens` (node budget, root included; default: the full
+    tree)."""
+    if not generation_config.do_sample:
+        raise ValueError(
+            "strategy='spechub' is a sampling method: pass do_sample=True (with temperature / top_p / top_k). "
+            "For greedy decoding use strategy='fspad', which is token-identical to stock greedy generate."
+        )
+    if verifier not in VERIFIERS:
+        raise ValueError(f"Unknown verifier {verifier!r}; choose one of {', '.join(VERIFIERS)}.")
+    width = _positive_int("drafts_per_node", drafts_per_node)
+    depth = _positive_int("tree_depth", tree_depth)
+    total = full_tree_size(width, depth) if tree_total_tokens is None else _positive_int("tree_total_tokens", tree_total_tokens)
+    if total < 2:
+        raise ValueError("tree_total_tokens counts the root, so it must be at least 2.")
+    if draft_model is None:
+        raise ValueError(
+            "strategy='spechub' needs a draft: pass assistant_model= an FSPAD head (e.g. "
+            "hf_specdec.default_draft(model, tokenizer)) or a small causal LM with the target's tokenizer."
+        )
+    cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs)
+    stats = SpecDecodeStats()
+    if isinstance(draft_model, FSPADDraftModel):
+        draft_model.attach_target(model, tokenizer=tokenizer)
+        drafter = HeadDrafter(draft_model, stats)
+        draft_to_target = draft_model.draft_to_target if draft_model.config.draft_vocab_size is not None else None
+    else:
+        check_draft_lm(draft_model, model, "spechub")
+        drafter = CausalLMDrafter(draft_model, stats)
+        draft_to_target = None
+    rule = VERIFIERS[verifier]
+    warpers = draft_warpers(logits_processor)
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    def draft_probs(log_probs):
+        q = warpers(None, log_probs.float()).softmax(-1)
+        if draft_to_target is None:
+            return q
+        return q.new_zeros(q.shape[0], vocab).index_copy_(1, draft_to_target, q)
+
+    def grow(root, draft_state, cached):
+        log_probs, feature = draft_state
+        return grow_sampled_tree(drafter.expand(cached), draft_probs, rule.sample, root, log_probs, feature,
+                                 width, depth, total, rule.distinct)
+
+    def verify(tree, scores):
+        return verify_multidraft(tree, scores.softmax(-1), rule)
+
+    return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
+                             stopping_criteria, generation_config, streamer, stats)
