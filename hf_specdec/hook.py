@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 
 from transformers import GenerationConfig, StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
@@ -41,6 +42,7 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
     if kwargs.get("custom_generate") is not None:
         raise ValueError("Pass either strategy= or custom_generate=, not both.")
     decode = STRATEGIES[name]
+    _check_foreign_options(name, kwargs)
     bound = {
         "draft_model": kwargs.pop("assistant_model", None),
         "streamer": kwargs.pop("streamer", None),
@@ -58,6 +60,15 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
             generation_config = copy.deepcopy(generation_config)
             generation_config.stop_strings = None
     return _STOCK_GENERATE(model, inputs, generation_config, custom_generate=functools.partial(decode, **bound), **kwargs)
+
+
+def _check_foreign_options(name: str, kwargs: dict) -> None:
+    """An option of another strategy (say tree_top_k with spechub) gets an error that names its strategy."""
+    own = set(inspect.signature(STRATEGIES[name]).parameters)
+    for other, decode in STRATEGIES.items():
+        foreign = sorted((set(inspect.signature(decode).parameters) - own) & set(kwargs))
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: option(s) of strategy {other!r}, not of strategy {name!r}.")
 
 
 @functools.wraps(_STOCK_GENERATE)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from scipy.stats import chisquare
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import hf_specdec
 from hf_specdec import FSPADDraftModel
@@ -36,3 +37,43 @@ def llama():
 def llama_head(llama):
     torch.manual_seed(1)
     return FSPADDraftModel.from_target(llama)
+
+
+@torch.no_grad()
+def exact_sequence_probs(target, ids, gen_kwargs, vocab, new_tokens=2):
+    """P(y_1..y_n | ids) for every sequence of n new tokens, from the target's processed distribution (stock
+    warpers)."""
+    config = GenerationConfig(do_sample=True, **gen_kwargs)
+    processors = target._get_logits_processor(generation_config=config, input_ids_seq_length=ids.shape[1],
+                                              encoder_input_ids=ids, prefix_allowed_tokens_fn=None,
+                                              logits_processor=None, device="cpu", model_kwargs={})
+
+    def dist(seq):
+        logits = target(seq).logits[:, -1].float()
+        return processors(seq, logits).double().softmax(-1)[0]
+
+    probs = {(): 1.0}
+    for _ in range(new_tokens):
+        longer = {}
+        for prefix, prob in probs.items():
+            nxt = dist(torch.cat([ids, torch.tensor([prefix], dtype=torch.long).reshape(1, -1)], 1))
+            for token in range(vocab):
+                if nxt[token] > 0:
+                    longer[prefix + (token,)] = prob * float(nxt[token])
+        probs = longer
+    return probs
+
+
+def chi_square_pvalue(counts, probs, draws):
+    keys = [k for k, p in probs.items() if p > 0]
+    assert all(k in probs and probs[k] > 0 for k in counts), "sampled a sequence of probability 0"
+    observed = [counts.get(k, 0) for k in keys]
+    expected = [probs[k] * draws for k in keys]
+    # pool rare cells so the chi-square approximation holds
+    big = [i for i, e in enumerate(expected) if e >= 5]
+    small_o = sum(o for i, o in enumerate(observed) if i not in big)
+    small_e = sum(e for i, e in enumerate(expected) if i not in big)
+    obs = [observed[i] for i in big] + ([small_o] if small_e > 0 else [])
+    exp = [expected[i] for i in big] + ([small_e] if small_e > 0 else [])
+    scale = sum(obs) / sum(exp)  # float rounding of the exact probabilities
+    return chisquare(obs, [e * scale for e in exp]).pvalue

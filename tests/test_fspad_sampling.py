@@ -1,43 +1,16 @@
 """strategy="fspad" with sampling: the output distribution is exactly the target's (chi-square over many
 draws against the exact sequence probabilities of the processed target distribution, with a power check)."""
 
-import itertools
-
 import pytest
 import torch
-from scipy.stats import chisquare
-from transformers import GenerationConfig
 
 import hf_specdec.strategies.fspad as fspad_module
 from hf_specdec import FSPADDraftModel
 from hf_specdec.verification import Verdict
 
-from conftest import oracle_head, tiny_target
+from conftest import chi_square_pvalue, exact_sequence_probs, oracle_head, tiny_target
 
 VOCAB, NEW = 6, 2
-
-
-@torch.no_grad()
-def exact_sequence_probs(target, ids, gen_kwargs):
-    """P(y1, y2 | ids) for every pair, from the target's processed distribution (stock warpers)."""
-    config = GenerationConfig(do_sample=True, **gen_kwargs)
-    processors = target._get_logits_processor(generation_config=config, input_ids_seq_length=ids.shape[1],
-                                              encoder_input_ids=ids, prefix_allowed_tokens_fn=None,
-                                              logits_processor=None, device="cpu", model_kwargs={})
-
-    def dist(seq):
-        logits = target(seq).logits[:, -1].float()
-        return processors(seq, logits).double().softmax(-1)[0]
-
-    probs = {}
-    p1 = dist(ids)
-    for a in range(VOCAB):
-        if p1[a] == 0:
-            continue
-        p2 = dist(torch.cat([ids, torch.tensor([[a]])], 1))
-        for b in range(VOCAB):
-            probs[(a, b)] = float(p1[a] * p2[b])
-    return probs
 
 
 def sample_histogram(target, head, ids, draws, gen_kwargs, seed=0):
@@ -49,21 +22,6 @@ def sample_histogram(target, head, ids, draws, gen_kwargs, seed=0):
         key = tuple(out[0, ids.shape[1]:].tolist())
         counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-def chi_square_pvalue(counts, probs, draws):
-    keys = [k for k, p in probs.items() if p > 0]
-    assert all(k in probs and probs[k] > 0 for k in counts), "sampled a sequence of probability 0"
-    observed = [counts.get(k, 0) for k in keys]
-    expected = [probs[k] * draws for k in keys]
-    # pool rare cells so the chi-square approximation holds
-    big = [i for i, e in enumerate(expected) if e >= 5]
-    small_o = sum(o for i, o in enumerate(observed) if i not in big)
-    small_e = sum(e for i, e in enumerate(expected) if i not in big)
-    obs = [observed[i] for i in big] + ([small_o] if small_e > 0 else [])
-    exp = [expected[i] for i in big] + ([small_e] if small_e > 0 else [])
-    scale = sum(obs) / sum(exp)  # float rounding of the exact probabilities
-    return chisquare(obs, [e * scale for e in exp]).pvalue
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +43,7 @@ def test_sampling_output_distribution_is_the_targets(tiny, gen_kwargs, head_kind
         head = FSPADDraftModel.from_target(target)
     else:  # proposes the greedy continuation: many acceptances
         head = oracle_head(target, target.generate(ids, max_new_tokens=10, do_sample=False))
-    probs = exact_sequence_probs(target, ids, gen_kwargs)
+    probs = exact_sequence_probs(target, ids, gen_kwargs, VOCAB)
     draws = 1500
     counts = sample_histogram(target, head, ids, draws, gen_kwargs, seed={"untrained": 0, "oracle": 1}[head_kind])
     assert chi_square_pvalue(counts, probs, draws) > 1e-3
@@ -110,4 +68,4 @@ def test_chi_square_detects_a_lossy_verifier(tiny, monkeypatch):
     gen_kwargs = {"temperature": 1.0}
     draws = 1500
     counts = sample_histogram(target, head, ids, draws, gen_kwargs)
-    assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs), draws) < 1e-6
+    assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs, VOCAB), draws) < 1e-6
