@@ -17,7 +17,15 @@ from .default_model import default_target, default_target_path
 from .draft import FSPADConfig, FSPADDraftModel
 from .heads import default_baseline_draft, default_draft
 from .hook import install_generate_hook, specdec_generate, uninstall_generate_hook
-from .strategies import STRATEGIES, SpecDecodeOutput, SpecDecodeStats, fspad_generate, spechub_generate
+from .ngram import NgramTable
+from .strategies import (
+    STRATEGIES,
+    SpecDecodeOutput,
+    SpecDecodeStats,
+    fspad_generate,
+    spechub_generate,
+    superposed_generate,
+)
 
 __version__ = "0.1.0"
 
@@ -32,6 +40,7 @@ __all__ = [
     "CUSTOM_GENERATE_DIR",
     "FSPADConfig",
     "FSPADDraftModel",
+    "NgramTable",
     "STRATEGIES",
     "SpecDecodeOutput",
     "SpecDecodeStats",
@@ -43,5 +52,6 @@ __all__ = [
     "install_generate_hook",
     "specdec_generate",
     "spechub_generate",
+    "superposed_generate",
     "uninstall_generate_hook",
 ]

@@ -48,6 +48,16 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
         "streamer": kwargs.pop("streamer", None),
         "tokenizer": kwargs.pop("tokenizer", None),
     }
+    if "num_return_sequences" in inspect.signature(decode).parameters:
+        # The strategy returns several sequences itself (superposed drafts); stock generate would reject that
+        # for a deterministic mode and copy the prompt k times, so the option goes to the strategy instead.
+        n = kwargs.pop("num_return_sequences", None)
+        if n is None and getattr(generation_config, "num_return_sequences", None) not in (None, 1):
+            n = generation_config.num_return_sequences
+        if getattr(generation_config, "num_return_sequences", None) is not None:
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.num_return_sequences = None
+        bound["num_return_sequences"] = n
     # transformers drops the tokenizer on the callable path, so stop strings are turned into a criterion here.
     stop_strings = kwargs.pop("stop_strings", None) or getattr(generation_config, "stop_strings", None)
     if stop_strings:

@@ -105,3 +105,43 @@ def test_profile_breakdown_adds_up(llama, llama_head):
     assert parts["head steps: tree expansion"] > 0 and parts["KV-cache compaction"] > 0
     assert all(v >= 0 for v in parts.values()), parts
     assert sum(v for k, v in parts.items() if k != "total") == pytest.approx(parts["total"])
+
+
+def test_multidraft_method_names():
+    assert specbench.parse_method("spechub@7") == (
+        "spechub", {"verifier": "spechub", "drafts_per_node": 2, "tree_depth": 2, "tree_total_tokens": 7})
+    assert specbench.parse_method("rrsw@13,3")[1] == {"verifier": "rrsw", "drafts_per_node": 3, "tree_depth": 2,
+                                                      "tree_total_tokens": 13}
+    assert specbench.parse_method("rrs@16")[1]["tree_depth"] == 4  # the smallest full binary tree holding 16
+    assert specbench.parse_method("rrs@4,1")[1]["tree_depth"] == 3  # a chain
+    with pytest.raises(ValueError, match="budget N or N,W"):
+        specbench.parse_method("spechub@a")
+    with pytest.raises(SystemExit):  # sampling methods need a temperature above 0
+        specbench.main(["--methods", "stock", "spechub@7", "--temperatures", "0"])
+
+
+def test_bench_runs_the_multidraft_rules(tiny_setup, tmp_path):
+    root, questions = tiny_setup
+    out = tmp_path / "bench.json"
+    specbench.main(["--questions", str(questions), "--per-category", "1", "--max-new-tokens", "10",
+                    "--model", str(root / "target"), "--draft", str(root / "fspad"), "--dtype", "float32",
+                    "--temperatures", "0.6", "--methods", "spechub@7", "rrs@3", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {r["method"] for r in result["records"]} == {"stock", "spechub@7", "rrs@3"}
+    rows = {(r["group"], r["method"]): r for r in result["rows"]}
+    assert rows[("overall", "spechub@7")]["tau"] >= 1.0 and "match_rate" not in rows[("overall", "spechub@7")]
+
+
+def test_rrsw_acceptance_estimate_matches_enumeration():
+    """The benchmark's Monte Carlo RRSw acceptance agrees with the exact enumeration of the rule."""
+    from test_multidraft import enumerate_rule
+
+    from hf_specdec.bench.acceptance import rrsw_acceptance
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    _, exact = enumerate_rule("rrsw", p, q, 2)
+    estimate = rrsw_acceptance(p[None], q[None], 2, draws=40_000, generator=gen)
+    assert float(estimate) == pytest.approx(exact, abs=0.01)
+    assert exact > float(torch.minimum(p, q).sum())  # two drafts beat one

@@ -1,7 +1,9 @@
 """Spec-Bench on this machine: stock greedy `generate` (1.00x), transformers prompt lookup decoding, and
-strategy="fspad" with the shipped FSPAD head and with the EAGLE-2 baseline head, interleaved per question.
+strategy="fspad" with the shipped FSPAD head and with the EAGLE-2 baseline head, and strategy="spechub" with the
+SpecHub / RRS / RRSw verifiers on trees of sampled children (the FSPAD head drafting), interleaved per question.
 
     hf-specdec bench --per-category 5 --max-new-tokens 128 --temperatures 0 1
+    hf-specdec bench --per-category 3 --temperatures 0.6 1 --methods stock rrs@7 rrsw@7 spechub@7
 
 Protocol (Spec-Bench, hemingkx/Spec-Bench): each question is asked through the chat template; MT-bench
 questions have two turns, the second asked after the method's own first answer. Reported per category
@@ -76,11 +78,30 @@ class ForwardCounter:
         self._handle.remove()
 
 
+MULTIDRAFT = ("spechub", "rrs", "rrsw")  # strategy="spechub" with this verifier, the shipped FSPAD head drafting
+
+
 def parse_method(name: str) -> tuple[str, dict]:
-    """'stock', 'pld', 'fspad', 'eagle2', or a head method with a tree shape: 'fspad@top_k,depth,total_tokens'."""
+    """'stock', 'pld', 'fspad', 'eagle2', or a head method with a tree shape: 'fspad@top_k,depth,total_tokens';
+    or a multi-draft rule on a tree of sampled children: 'spechub@N', 'rrs@N', 'rrsw@N' (N tree tokens, root
+    included; two children per node, the depth of the smallest full binary tree holding N), or '...@N,W' with
+    W children per node."""
     base, _, tree = name.partition("@")
+    if base in MULTIDRAFT:
+        try:
+            n, width = ([int(v) for v in tree.split(",")] + [2])[:2] if tree else (15, 2)
+        except ValueError:
+            raise ValueError(f"Method {name!r}: after '@' give the node budget N or N,W.") from None
+        if n < 2 or width < 1:
+            raise ValueError(f"Method {name!r}: the budget counts the root (>= 2) and W >= 1.")
+        depth = 1
+        while sum(width**d for d in range(depth + 1)) < n and width > 1:
+            depth += 1
+        depth = n - 1 if width == 1 else depth
+        return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
-        raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, or fspad@K,D,N / eagle2@K,D,N.")
+        raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
+                         "or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -96,6 +117,8 @@ def method_kwargs(name: str, heads: dict, pld_tokens: int) -> dict:
         return {}
     if base == "pld":
         return {"prompt_lookup_num_tokens": pld_tokens}
+    if base in MULTIDRAFT:
+        return {"assistant_model": heads["fspad"], "strategy": "spechub", **tree}
     return {"assistant_model": heads[base], "strategy": "fspad", **tree}
 
 
@@ -217,7 +240,7 @@ def load_heads(target, tokenizer, draft: str | None, baseline: str | None, metho
 
     bases = {parse_method(m)[0] for m in methods}
     heads = {}
-    if "fspad" in bases:
+    if "fspad" in bases or bases & set(MULTIDRAFT):
         heads["fspad"] = (FSPADDraftModel.from_pretrained(draft, dtype=target.dtype).attach_target(target, tokenizer)
                           if draft else default_draft(target, tokenizer))
     if "eagle2" in bases:
@@ -234,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0])
     p.add_argument("--methods", nargs="+", default=["stock", "pld", "fspad", "eagle2"],
                    help="stock, pld, fspad, eagle2; a head method may name its tree: fspad@K,D,N (top_k, depth, "
-                        "total tokens; default: the head's own generation_config)")
+                        "total tokens; default: the head's own generation_config); sampling only: spechub, rrs, "
+                        "rrsw on binary trees of sampled children, optionally @N (tree tokens) or @N,W (W children)")
     p.add_argument("--model", default=None, help="target folder or id (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
     p.add_argument("--baseline-draft", default=None, help="EAGLE-2 head folder or id (default: the shipped baseline)")
@@ -254,6 +278,8 @@ def main(argv=None):
             parse_method(m)
         except ValueError as e:
             parser.error(str(e))
+    if 0 in args.temperatures and any(parse_method(m)[0] in MULTIDRAFT for m in args.methods):
+        parser.error("spechub / rrs / rrsw are sampling methods: give --temperatures above 0 (e.g. 0.6 1).")
     if "stock" not in args.methods:
         args.methods = ["stock"] + args.methods  # the baseline every speedup is measured against
     from ..training.prepare import load_target
@@ -262,7 +288,7 @@ def main(argv=None):
     heads = load_heads(target, tokenizer, args.draft, args.baseline_draft, args.methods)
     questions = load_questions(args.questions, args.per_category)
     # warm-up: one short answer per method, untimed
-    run(target, tokenizer, questions[:1], args.methods, heads, [0.0], 8, args.pld_tokens, progress=False)
+    run(target, tokenizer, questions[:1], args.methods, heads, args.temperatures[:1], 8, args.pld_tokens, progress=False)
     records = run(target, tokenizer, questions, args.methods, heads, args.temperatures, args.max_new_tokens,
                   args.pld_tokens, args.seed)
     rows = summarize(records, args.methods)

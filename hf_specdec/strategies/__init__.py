@@ -4,7 +4,8 @@ callable: (model, input_ids, logits_processor, stopping_criteria, generation_con
 from .common import SpecDecodeOutput, SpecDecodeStats
 from .fspad import fspad_generate
 from .spechub import spechub_generate
+from .superposed import superposed_generate
 
-STRATEGIES = {"fspad": fspad_generate, "spechub": spechub_generate}
+STRATEGIES = {"fspad": fspad_generate, "spechub": spechub_generate, "superposed": superposed_generate}
 
-__all__ = ["STRATEGIES", "SpecDecodeOutput", "SpecDecodeStats", "fspad_generate", "spechub_generate"]
+__all__ = ["STRATEGIES", "SpecDecodeOutput", "SpecDecodeStats", "fspad_generate", "spechub_generate", "superposed_generate"]
