@@ -175,3 +175,59 @@ def _resolve(path) -> Path:
 
         return Path(hf_hub_download(path, "ngram.safetensors"))
     raise FileNotFoundError(f"No n-gram table at {path}.")
+
+
+def read_corpus(path: str | os.PathLike, fields: Sequence[str], limit: int | None = None) -> list[str]:
+    """Texts from a JSONL file (the listed string fields of each row, each a separate text) or a plain text
+    file (one text per non-empty line)."""
+    texts = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if limit is not None and i >= limit:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if str(path).endswith(".jsonl"):
+                row = json.loads(line)
+                texts.extend(row[k] for k in fields if isinstance(row.get(k), str) and row[k])
+            else:
+                texts.append(line)
+    return texts
+
+
+def main(argv=None):
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(prog="hf-specdec ngram", description="Build an n-gram table for strategy='superposed'.")
+    p.add_argument("--corpus", required=True, help="JSONL (see --fields) or a text file, one text a line")
+    p.add_argument("--fields", nargs="+", default=["prompt", "reference"], help="JSONL string fields to count")
+    p.add_argument("--model", default=None, help="the target whose tokenizer to use (default: embedded SmolLM2)")
+    p.add_argument("--limit", type=int, default=None, help="read at most this many rows")
+    p.add_argument("--min-count", type=int, default=1, help="drop (context, token) pairs seen fewer times")
+    p.add_argument("--default-for-model", action="store_true",
+                   help="record the model's embedding fingerprint: the table becomes its default (ngram=None)")
+    p.add_argument("--out", required=True, help="output .safetensors file or folder")
+    args = p.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from .default_model import default_target, default_target_path
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model or default_target_path())
+    start = time.perf_counter()
+    texts = read_corpus(args.corpus, args.fields, args.limit)
+    table = NgramTable.from_texts(texts, tokenizer, min_count=args.min_count)
+    if args.default_for_model:
+        from transformers import AutoModelForCausalLM
+
+        from .draft.modeling_fspad import embedding_fingerprint
+
+        model = AutoModelForCausalLM.from_pretrained(args.model) if args.model else default_target()[0]
+        table.target_fingerprint = embedding_fingerprint(model.get_input_embeddings().weight)
+    out = Path(args.out)
+    out = out / "ngram.safetensors" if out.suffix != ".safetensors" else out
+    table.save(out)
+    print(f"{len(texts)} texts, {table.num_entries():,} (context, token) entries over orders {table.orders}, "
+          f"{out.stat().st_size / 2**20:.1f} MiB -> {out} ({time.perf_counter() - start:.0f} s)")
+    return 0
