@@ -86,8 +86,13 @@ class NgramTable:
             ctx_all = torch.cat(ctx_hashes) if ctx_hashes else torch.zeros(0, dtype=torch.int64)
             pair_all = torch.cat(pair_hashes) if pair_hashes else torch.zeros(0, dtype=torch.int64)
             ctx_keys, ctx_counts = torch.unique(ctx_all, sorted=True, return_counts=True)
-            pair_keys, pair_counts = torch.unique(pair_all, sorted=True, return_counts=True)
+            pair_keys, occurrence, pair_counts = torch.unique(pair_all, sorted=True, return_inverse=True,
+                                                              return_counts=True)
             keep = pair_counts >= min_count
+            # a context none of whose pairs survived contributes 0 anyway: drop it too
+            used = torch.unique(ctx_all[keep[occurrence]])
+            ctx_keep = torch.isin(ctx_keys, used)
+            ctx_keys, ctx_counts = ctx_keys[ctx_keep], ctx_counts[ctx_keep]
             arrays[f"{n}.context"] = ctx_keys
             arrays[f"{n}.context_count"] = ctx_counts.to(torch.int32)
             arrays[f"{n}.pair"] = pair_keys[keep]

@@ -96,3 +96,15 @@ def test_default_draft_without_target_is_bf16_and_unattached():
     assert head.dtype == torch.bfloat16 and head.config.target_architecture == "LlamaForCausalLM"
     with pytest.raises(RuntimeError, match="no target attached"):
         head.compute_logits(torch.zeros(1, 576, dtype=torch.bfloat16))
+
+
+def test_superposed_works_out_of_the_box_with_the_shipped_table(smollm):
+    """ngram=None picks the shipped SmolLM2 table; k drafts come back best first, distinct."""
+    target, tok = smollm
+    ids = tok("The best way to learn a new language is", return_tensors="pt").input_ids
+    out = target.generate(ids, strategy="superposed", num_return_sequences=3, max_new_tokens=8, tokenizer=tok,
+                          return_dict_in_generate=True)
+    assert out.sequences.shape[0] == 3 and len({tuple(s.tolist()) for s in out.sequences}) == 3
+    assert out.sequences_scores.tolist() == sorted(out.sequences_scores.tolist(), reverse=True)
+    without = target.generate(ids, strategy="superposed", num_return_sequences=3, max_new_tokens=8, ngram=False)
+    assert without.shape == (3, ids.shape[1] + 8)
