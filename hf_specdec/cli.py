@@ -10,6 +10,7 @@ COMMANDS = {
     "ceiling": ("hf_specdec.bench.ceiling", "speed at a known draft accuracy (oracle head) per tree shape"),
     "bench": ("hf_specdec.bench.specbench", "Spec-Bench: stock vs prompt lookup vs fspad / EAGLE-2 heads vs spechub rules"),
     "acceptance": ("hf_specdec.bench.acceptance", "per-node acceptance of RRS / RRSw / SpecHub on real (p, q) pairs"),
+    "bench-superposed": ("hf_specdec.bench.superposed", "superposed drafts vs greedy / nucleus / beam: time, perplexity"),
     "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
@@ -24,7 +25,7 @@ def main(argv=None):
     if not argv or argv[0] not in COMMANDS:
         print("usage: hf-specdec COMMAND [options]\n\ncommands:")
         for name, (_, help_text) in COMMANDS.items():
-            print(f"  {name:10s} {help_text}")
+            print(f"  {name:17s} {help_text}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     import importlib
 

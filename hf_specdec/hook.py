@@ -74,7 +74,8 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
 
 def _check_foreign_options(name: str, kwargs: dict) -> None:
     """An option of another strategy (say tree_top_k with spechub) gets an error that names its strategy."""
-    own = set(inspect.signature(STRATEGIES[name]).parameters)
+    # generate's own options (GenerationConfig fields such as num_return_sequences) keep their stock meaning
+    own = set(inspect.signature(STRATEGIES[name]).parameters) | set(GenerationConfig().to_dict())
     for other, decode in STRATEGIES.items():
         foreign = sorted((set(inspect.signature(decode).parameters) - own) & set(kwargs))
         if foreign:
