@@ -65,27 +65,39 @@ def accept_deterministic_drafts(p: torch.Tensor, drafts: torch.Tensor, generator
     return -1, residual
 
 
+def walk_tree(tree: DraftTree, resolve_node) -> Verdict:
+    """Walk down from the root of a batch-1 tree. At each node, `resolve_node(node, children)` returns
+    (j, token): the index of the accepted child among `children` (tree order), or -1 and the token the
+    target emits instead. The walk stops at the first rejection."""
+    if tree.tokens.shape[0] != 1:
+        raise NotImplementedError("tree verification with sampling handles batch size 1")
+    parents = tree.parents[0]
+    node, path = 0, [0]
+    while True:
+        children = (parents == node).nonzero().flatten()
+        j, next_token = resolve_node(node, children)
+        if j < 0:
+            return Verdict(path=torch.tensor([path], device=parents.device), next_tokens=next_token)
+        node = int(children[j])
+        path.append(node)
+
+
 def verify_sampling(tree: DraftTree, probs: torch.Tensor, generator=None) -> Verdict:
     """Sampling rule for trees of deterministic (top-k) drafts: walk down from the root, at each node try its
     children in tree order with `accept_deterministic_drafts`; the first accepted child becomes the current
     node; if all are rejected (or the node is a leaf) sample the next token from the residual / the target.
     probs [B, N, V]: the target's processed probabilities after each node. Lossless in distribution."""
-    if tree.tokens.shape[0] != 1:
-        raise NotImplementedError("verify_sampling handles batch size 1")
-    parents, tokens = tree.parents[0], tree.tokens[0]
-    node, path = 0, [0]
-    while True:
-        children = (parents == node).nonzero().flatten()
+
+    def resolve_node(node, children):
         p = probs[0, node].float()
-        j, residual = accept_deterministic_drafts(p, tokens[children], generator)
-        if j < 0:
-            if residual.sum() <= 0:  # every token of p was drafted and rejected: cannot happen unless p is 0
-                residual = p
-            next_token = torch.multinomial(residual / residual.sum(), 1, generator=generator)
-            break
-        node = int(children[j])
-        path.append(node)
-    return Verdict(path=torch.tensor([path], device=tokens.device), next_tokens=next_token)
+        j, residual = accept_deterministic_drafts(p, tree.tokens[0, children], generator)
+        if j >= 0:
+            return j, None
+        if residual.sum() <= 0:  # every token of p was drafted and rejected: cannot happen unless p is 0
+            residual = p
+        return -1, torch.multinomial(residual / residual.sum(), 1, generator=generator)
+
+    return walk_tree(tree, resolve_node)
 
 
 def verify_multidraft(tree: SampledDraftTree, probs: torch.Tensor, verifier: Verifier, generator=None) -> Verdict:
@@ -95,22 +107,14 @@ def verify_multidraft(tree: SampledDraftTree, probs: torch.Tensor, verifier: Ver
     the plan's residual; at a leaf, the next token is drawn from p. probs [1, N, V]: the target's processed
     probabilities after each node. Lossless in distribution when every node's children follow the
     verifier's draft law."""
-    if tree.tokens.shape[0] != 1:
-        raise NotImplementedError("verify_multidraft handles batch size 1")
-    parents, tokens = tree.parents[0], tree.tokens[0]
-    node, path = 0, [0]
-    while True:
-        children = (parents == node).nonzero().flatten()
+
+    def resolve_node(node, children):
         p = probs[0, node].float()
         if children.numel() == 0:
-            next_token = torch.multinomial(p, 1, generator=generator)
-            break
-        drafts = tokens[children][None]
+            return -1, torch.multinomial(p, 1, generator=generator)
+        drafts = tree.tokens[0, children][None]
         plan = verifier.plan(p[None], tree.draft_probs[0, node][None].float(), drafts)
         slot, token = resolve(plan, drafts, generator)
-        if int(slot) < 0:
-            next_token = token
-            break
-        node = int(children[int(slot)])
-        path.append(node)
-    return Verdict(path=torch.tensor([path], device=tokens.device), next_tokens=next_token)
+        return int(slot), token
+
+    return walk_tree(tree, resolve_node)
