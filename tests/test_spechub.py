@@ -165,3 +165,17 @@ def test_wrong_drafts_are_named(llama):
     with pytest.raises(TypeError, match="causal LM"):
         llama.generate(ids, assistant_model=torch.nn.Linear(2, 2), strategy="spechub", do_sample=True,
                        max_new_tokens=4)
+
+
+def test_a_reduced_draft_vocabulary_head_drafts_only_its_tokens(llama):
+    """A head scoring 16 of the 128 tokens: its q lives on those target ids (scatter_to_target), and decoding
+    runs with them."""
+    torch.manual_seed(2)
+    head = FSPADDraftModel.from_target(llama, draft_vocab_size=16)
+    head.draft_to_target.copy_(torch.arange(100, 116))
+    head.attach_target(llama)
+    q = head.scatter_to_target(torch.full((2, 16), 1 / 16))
+    assert q.shape == (2, 128) and q[:, 100:116].sum() == 2 and q[:, :100].sum() == 0 and q[:, 116:].sum() == 0
+    out = llama.generate(torch.tensor([[5, 9, 2, 7]]), assistant_model=head, strategy="spechub", do_sample=True,
+                         max_new_tokens=12, return_dict_in_generate=True)
+    assert out.sequences.shape[1] == 4 + 12 and out.spec_stats.target_forwards > 1

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..strategies.spechub import full_tree_size
+
 DEV_QUESTIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spec_bench_dev.jsonl"
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 GROUPS = ["multi-turn conversation", "translation", "summarization", "qa", "math_reasoning", "rag"]
@@ -95,7 +97,7 @@ def parse_method(name: str) -> tuple[str, dict]:
         if n < 2 or width < 1:
             raise ValueError(f"Method {name!r}: the budget counts the root (>= 2) and W >= 1.")
         depth = 1
-        while sum(width**d for d in range(depth + 1)) < n and width > 1:
+        while width > 1 and full_tree_size(width, depth) < n:
             depth += 1
         depth = n - 1 if width == 1 else depth
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}

@@ -217,6 +217,14 @@ class FSPADDraftModel(PreTrainedModel):
             return F.linear(hidden_states, parts.draft_lm_weight)
         return parts.lm_head(hidden_states)
 
+    def scatter_to_target(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Draft-vocabulary values [..., V'] at their target ids in [..., V] (`fill` elsewhere); unchanged when
+        the head scores the full vocabulary."""
+        if self.config.draft_vocab_size is None:
+            return values
+        full = values.new_full((*values.shape[:-1], self.config.vocab_size), fill)
+        return full.index_copy_(-1, self.draft_to_target.to(values.device), values)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,

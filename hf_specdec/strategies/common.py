@@ -72,6 +72,15 @@ def check_generation_config(strategy: str, generation_config: GenerationConfig) 
             )
 
 
+def check_tree_numbers(**numbers) -> None:
+    """Tree options (children per node, depth, node budget) are positive integers; the budget counts the root."""
+    for name, value in numbers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if numbers.get("tree_total_tokens", 2) < 2:
+        raise ValueError("tree_total_tokens counts the root, so it must be at least 2.")
+
+
 def check_model_kwargs(strategy: str, model_kwargs: dict, allowed: set[str]) -> None:
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in allowed)
     if extra:

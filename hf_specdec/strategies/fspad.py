@@ -15,7 +15,7 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from ..draft import FSPADDraftModel
 from ..tree import grow_tree
 from ..verification import verify_greedy, verify_sampling
-from .common import SpecDecodeStats
+from .common import SpecDecodeStats, check_tree_numbers
 from .drafters import HeadDrafter
 from .engine import open_request, run_tree_decoding, target_forward  # noqa: F401  (target_forward: re-export)
 
@@ -43,11 +43,7 @@ class TreeShape:
                 value = getattr(head_config, name, None)
             values[name] = default if value is None else value
         shape = cls(values["tree_top_k"], values["tree_depth"], values["tree_total_tokens"])
-        for name, value in zip(DEFAULT_TREE, (shape.top_k, shape.depth, shape.total_tokens)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if shape.total_tokens < 2:
-            raise ValueError("tree_total_tokens counts the root, so it must be at least 2.")
+        check_tree_numbers(**values)
         return shape
 
 

@@ -28,7 +28,7 @@ from ..draft import FSPADDraftModel
 from ..multidraft import VERIFIERS
 from ..tree import grow_sampled_tree
 from ..verification import verify_multidraft
-from .common import SpecDecodeStats
+from .common import SpecDecodeStats, check_tree_numbers
 from .drafters import CausalLMDrafter, HeadDrafter, check_draft_lm
 from .engine import open_request, run_tree_decoding
 
@@ -55,12 +55,6 @@ def draft_warpers(logits_processor: LogitsProcessorList) -> LogitsProcessorList:
     generate built for the target: the closer the draft's q is to the target's processed p, the more children
     are accepted. (q may be anything without losing exactness; only acceptance depends on it.)"""
     return LogitsProcessorList(w for w in logits_processor if isinstance(w, CONTEXT_FREE_WARPERS))
-
-
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 @torch.no_grad()
@@ -91,11 +85,10 @@ def spechub_generate(
         )
     if verifier not in VERIFIERS:
         raise ValueError(f"Unknown verifier {verifier!r}; choose one of {', '.join(VERIFIERS)}.")
-    width = _positive_int("drafts_per_node", drafts_per_node)
-    depth = _positive_int("tree_depth", tree_depth)
-    total = full_tree_size(width, depth) if tree_total_tokens is None else _positive_int("tree_total_tokens", tree_total_tokens)
-    if total < 2:
-        raise ValueError("tree_total_tokens counts the root, so it must be at least 2.")
+    check_tree_numbers(drafts_per_node=drafts_per_node, tree_depth=tree_depth)
+    width, depth = drafts_per_node, tree_depth
+    total = full_tree_size(width, depth) if tree_total_tokens is None else tree_total_tokens
+    check_tree_numbers(tree_total_tokens=total)
     if draft_model is None:
         raise ValueError(
             "strategy='spechub' needs a draft: pass assistant_model= an FSPAD head (e.g. "
@@ -106,20 +99,17 @@ def spechub_generate(
     if isinstance(draft_model, FSPADDraftModel):
         draft_model.attach_target(model, tokenizer=tokenizer)
         drafter = HeadDrafter(draft_model, stats)
-        draft_to_target = draft_model.draft_to_target if draft_model.config.draft_vocab_size is not None else None
+        to_target = draft_model.scatter_to_target
     else:
         check_draft_lm(draft_model, model, "spechub")
         drafter = CausalLMDrafter(draft_model, stats)
-        draft_to_target = None
+        to_target = None
     rule = VERIFIERS[verifier]
     warpers = draft_warpers(logits_processor)
-    vocab = model.get_output_embeddings().weight.shape[0]
 
     def draft_probs(log_probs):
         q = warpers(None, log_probs.float()).softmax(-1)
-        if draft_to_target is None:
-            return q
-        return q.new_zeros(q.shape[0], vocab).index_copy_(1, draft_to_target, q)
+        return q if to_target is None else to_target(q)
 
     def grow(root, draft_state, cached):
         log_probs, feature = draft_state
