@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel
 
+from .accel import get_kernel_mode, kernel_mode, set_kernel_mode
 from .default_model import default_target, default_target_path
 from .draft import FSPADConfig, FSPADDraftModel
 from .heads import default_baseline_draft, default_draft
@@ -26,6 +27,7 @@ from .strategies import (
     spechub_generate,
     superposed_generate,
 )
+from .tree import TREE_ATTENTION, register_tree_attention
 
 __version__ = "0.1.0"
 
@@ -35,12 +37,17 @@ CUSTOM_GENERATE_DIR = str(Path(__file__).parent / "hub")
 AutoConfig.register(FSPADConfig.model_type, FSPADConfig, exist_ok=True)
 AutoModel.register(FSPADConfig, FSPADDraftModel, exist_ok=True)
 install_generate_hook()
+register_tree_attention()  # attn_implementation="hf_specdec_tree"
 
 __all__ = [
     "CUSTOM_GENERATE_DIR",
     "FSPADConfig",
     "FSPADDraftModel",
     "NgramTable",
+    "TREE_ATTENTION",
+    "get_kernel_mode",
+    "kernel_mode",
+    "set_kernel_mode",
     "STRATEGIES",
     "SpecDecodeOutput",
     "SpecDecodeStats",

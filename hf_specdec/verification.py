@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .accel import kernels, kernels_serve
 from .multidraft import Verifier, resolve
 from .tree.structure import DraftTree, SampledDraftTree
 
@@ -28,19 +29,37 @@ class Verdict:
         return self.path.shape[1] - 1
 
 
-def verify_greedy(tree: DraftTree, scores: torch.Tensor) -> Verdict:
-    """Greedy rule: a node is accepted iff its token is the target's argmax at its parent, and so are all of
-    its ancestors; the deepest accepted node ends the path, and the target's argmax there is the bonus token.
-    The emitted tokens are exactly those of greedy decoding. scores [B, N, V]."""
-    if tree.tokens.shape[0] != 1:
-        raise NotImplementedError("verify_greedy handles batch size 1")
-    target_next = scores.argmax(-1)  # [B, N]: the target's token after each node
+def greedy_tree_walk(tree: DraftTree, target_next: torch.Tensor):
+    """The greedy rule, batched, in torch: a node is accepted iff its token is the target's choice at its parent
+    (target_next [B, N]: the target's argmax after each node), and so are all of its ancestors; the deepest
+    accepted node ends the path. Returns path [B, N] (node indices, root first, then -1), length [B] (nodes on
+    the path, the root included) and next_token [B] (the target's token after the path).
+
+    The Triton kernel (hf_specdec_kernels.greedy_tree_walk) walks down from the root instead of checking every
+    node; the two agree whenever siblings carry distinct tokens, as top-k children do."""
+    B, N = tree.tokens.shape
     chosen_at_parent = target_next.gather(1, tree.parents.clamp(min=0))
     match = (tree.tokens == chosen_at_parent) | (tree.parents < 0)
     valid = ~(tree.ancestors & ~match[:, None, :]).any(-1)  # every node on the path matches
     deepest = torch.where(valid, tree.depths, -1).argmax(-1)  # [B]; the valid path is unique
-    path = tree.ancestors[0, deepest[0]].nonzero().flatten()[None]  # index order is depth order
-    return Verdict(path=path, next_tokens=target_next.gather(1, deepest[:, None]).squeeze(1))
+    on_path = tree.ancestors.gather(1, deepest[:, None, None].expand(B, 1, N))[:, 0]  # index order = depth order
+    nodes = torch.where(on_path, torch.arange(N, device=on_path.device), N).sort(-1).values
+    path = torch.where(nodes < N, nodes, -1)
+    return path, on_path.sum(-1), target_next.gather(1, deepest[:, None]).squeeze(1)
+
+
+def verify_greedy(tree: DraftTree, scores: torch.Tensor) -> Verdict:
+    """Greedy rule (`greedy_tree_walk`): the emitted tokens are exactly those of greedy decoding; the target's
+    argmax after the path's last node is the bonus token. scores [B, N, V]. The walk runs as a Triton kernel
+    where the kernels serve (hf_specdec.accel)."""
+    if tree.tokens.shape[0] != 1:
+        raise NotImplementedError("verify_greedy handles batch size 1")
+    target_next = scores.argmax(-1)  # [B, N]: the target's token after each node
+    if kernels_serve(target_next.device):
+        path, length, next_token = kernels().greedy_tree_walk(tree.tokens, tree.parents, target_next)
+    else:
+        path, length, next_token = greedy_tree_walk(tree, target_next)
+    return Verdict(path=path[:, : int(length[0])], next_tokens=next_token)
 
 
 def accept_deterministic_drafts(p: torch.Tensor, drafts: torch.Tensor, generator=None) -> tuple[int, torch.Tensor]:

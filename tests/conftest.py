@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from scipy.stats import chisquare
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+import os
 
-import hf_specdec
-from hf_specdec import FSPADDraftModel
+import torch
+
+if not torch.cuda.is_available():
+    # The Triton kernels run in Triton's interpreter on CPU; triton reads this when it is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from scipy.stats import chisquare  # noqa: E402
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+import hf_specdec  # noqa: E402
+from hf_specdec import FSPADDraftModel  # noqa: E402
 from hf_specdec.testing import OracleHead, oracle_head  # noqa: F401  (used by the test modules)
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)

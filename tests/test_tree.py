@@ -111,7 +111,7 @@ def test_compact_and_crop_cache():
     k = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 2, 10, 3).contiguous()
     for layer in range(3):
         cache.update(k + layer, k - layer, layer)
-    compact_cache(cache, torch.tensor([0, 1, 2, 5, 8]))
+    compact_cache(cache, 2, torch.tensor([0, 3, 6]))  # keep positions 0, 1 and the tree entries 2, 5, 8
     assert cache.get_seq_length() == 5
     for layer in range(3):
         assert cache.layers[layer].keys[0, 1, :, 0].tolist() == [v + layer for v in (0, 1, 2, 5, 8)]

@@ -22,7 +22,7 @@ from ..draft import FSPADDraftModel
 from ..strategies.drafters import HeadDrafter
 from ..strategies.engine import target_forward
 from ..strategies.common import SpecDecodeStats
-from ..tree import DraftTree, crop_cache, tree_attention_mask, tree_position_ids
+from ..tree import DraftTree, crop_cache, tree_mask_for, tree_position_ids
 
 
 def _chain_and_fan_tree(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +59,7 @@ def run(dtype: str, prefix: int, rounds: int, tree_sizes: list[int], expand_widt
     for n in tree_sizes:
         tokens, parents = _chain_and_fan_tree(n)
         tree = DraftTree.from_parents(tokens, parents)
-        mask = tree_attention_mask(tree.ancestors, prefix, model.dtype)
+        mask = tree_mask_for(model, tree.ancestors, prefix)
         pos = tree_position_ids(tree.depths, prefix)
 
         def verify(tree=tree, mask=mask, pos=pos):

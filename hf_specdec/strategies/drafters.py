@@ -12,7 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from ..draft import FSPADDraftModel
-from ..tree import check_compactable, crop_cache, tree_attention_mask
+from ..tree import check_compactable, crop_cache, tree_mask_for
 from .common import SpecDecodeStats
 from .engine import target_forward
 
@@ -22,7 +22,7 @@ class HeadDrafter:
     reads (x_{t+1}, f_t)."""
 
     def __init__(self, head: FSPADDraftModel, stats: SpecDecodeStats):
-        self.head = head
+        self.head = self.model = head
         self.cache = DynamicCache()
         self.stats = stats
 
@@ -44,7 +44,7 @@ class HeadDrafter:
         """The `expand` callback for a tree whose root sits at head position cached - 1."""
 
         def expand(tokens, features, slot_ancestors, depth):
-            mask = tree_attention_mask(slot_ancestors, cached, self.head.dtype)
+            mask = tree_mask_for(self.head, slot_ancestors, cached)
             positions = torch.full(tokens.shape, cached + depth - 1, device=tokens.device)
             out = self.head(
                 input_ids=tokens, features=features, position_ids=positions,
@@ -78,7 +78,7 @@ class CausalLMDrafter:
     """An ordinary causal LM draft. Its cache holds every committed token, the root included."""
 
     def __init__(self, draft, stats: SpecDecodeStats):
-        self.draft = draft
+        self.draft = self.model = draft
         self.cache = DynamicCache(config=draft.config)
         check_compactable(self.cache)
         self.stats = stats
@@ -100,7 +100,7 @@ class CausalLMDrafter:
         """The `expand` callback for a tree whose root sits at position `cached` (in the cache already)."""
 
         def expand(tokens, features, slot_ancestors, depth):
-            mask = tree_attention_mask(slot_ancestors, cached + 1, self.draft.dtype)
+            mask = tree_mask_for(self.draft, slot_ancestors, cached + 1)
             positions = torch.full(tokens.shape, cached + depth, device=tokens.device)
             _, logits = target_forward(self.draft, tokens, self.cache, positions, mask)
             self.stats.draft_forwards += 1

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from ..tree import DraftTree, check_compactable, compact_cache, tree_attention_mask, tree_position_ids
+from ..tree import DraftTree, check_compactable, compact_cache, tree_attention_for, tree_mask_for, tree_position_ids
 from ..verification import Verdict
 from .common import (
     SpecDecodeStats,
@@ -36,6 +36,8 @@ MODEL_INPUTS = {"attention_mask", "past_key_values", "use_cache", "position_ids"
 
 
 class Drafter(Protocol):
+    model: torch.nn.Module  # the draft network (its attention implementation may be switched while decoding)
+
     def start(self, prompt: torch.Tensor, first: torch.Tensor, features: torch.Tensor) -> DraftState:
         """Read the prompt [B, L] (with the target's features [B, L, H]) and the first new token [B]."""
 
@@ -109,7 +111,15 @@ def run_tree_decoding(
     streamer,
     stats: SpecDecodeStats,
 ):
-    """The decoding loop (module docstring). `verify` gets the target's processed scores [1, N, V]."""
+    """The decoding loop (module docstring). `verify` gets the target's processed scores [1, N, V]. Where the
+    Triton kernels serve (hf_specdec.accel), target and draft attend with the tree attention kernel."""
+    with tree_attention_for(model, drafter.model):
+        return _decode(model, prompt, padding, cache, drafter, grow, verify, logits_processor, stopping_criteria,
+                       generation_config, streamer, stats)
+
+
+def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_processor, stopping_criteria,
+            generation_config, streamer, stats):
     emitter = TokenEmitter(
         prompt, stopping_criteria, streamer,
         keep_scores=generation_config.return_dict_in_generate and generation_config.output_scores,
@@ -131,13 +141,13 @@ def run_tree_decoding(
 
     while not emitter.finished:
         tree = grow(emitter.sequence[:, -1], draft_state, L)
-        mask = tree_attention_mask(tree.ancestors, L, model.dtype)
+        mask = tree_mask_for(model, tree.ancestors, L)
         features, logits = target_forward(model, tree.tokens, cache, tree_position_ids(tree.depths, L), mask)
         stats.target_forwards += 1
         scores = process_tree_scores(logits, tree, emitter.sequence, logits_processor)
         verdict = verify(tree, scores)
         path = verdict.path[0]
-        compact_cache(cache, torch.cat([torch.arange(L, device=path.device), L + path]))
+        compact_cache(cache, L, path)
 
         new_tokens = torch.cat([tree.tokens[0, path[1:]], verdict.next_tokens])
         kept = emitter.emit(new_tokens, scores[0, path], logits[0, path])

@@ -1,8 +1,10 @@
-"""Draft trees: their structure, EAGLE-2 growth, attention masks and KV-cache compaction."""
+"""Draft trees: their structure, EAGLE-2 growth, attention masks (and the tree attention implementation) and
+KV-cache compaction."""
 
+from .attention import TREE_ATTENTION, register_tree_attention, tree_attention_for, tree_mask_for
 from .cache import check_compactable, compact_cache, crop_cache
 from .growth import grow_sampled_tree, grow_tree
-from .masks import tree_attention_mask, tree_position_ids
+from .masks import pack_tree_mask, tree_attention_mask, tree_position_ids
 from .structure import DraftTree, SampledDraftTree
 
 __all__ = [
@@ -11,6 +13,11 @@ __all__ = [
     "grow_sampled_tree",
     "SampledDraftTree",
     "tree_attention_mask",
+    "pack_tree_mask",
+    "tree_mask_for",
+    "tree_attention_for",
+    "TREE_ATTENTION",
+    "register_tree_attention",
     "tree_position_ids",
     "check_compactable",
     "compact_cache",

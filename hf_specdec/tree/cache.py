@@ -6,6 +6,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..accel import kernels, kernels_serve
+
 
 def check_compactable(cache) -> None:
     """Raise unless every layer of `cache` is a plain growing DynamicLayer (what path compaction edits)."""
@@ -24,12 +26,38 @@ def check_compactable(cache) -> None:
         )
 
 
-def compact_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
-    """Keep only the sequence positions `keep` [K] (ascending) in every layer, in place."""
+def compact_cache(cache: DynamicCache, prefix_len: int, path: torch.Tensor) -> None:
+    """Keep the first `prefix_len` positions plus the tree entries prefix_len + path (path [P] ascending, the
+    root first), in every layer, in place: the path's entries move next to the prefix and the rest is cut.
+
+    Only P entries per layer move (the prefix stays where it is); the Triton kernel moves them for all layers
+    in one launch where the kernels serve (hf_specdec.accel)."""
+    layers = [layer for layer in cache.layers if layer.is_initialized and layer.keys.numel()]
+    if not layers:
+        return
+    P = path.shape[0]
+    unique = {t.data_ptr(): t for layer in layers for t in (layer.keys, layer.values)}  # move shared storage once
+    if kernels_serve(layers[0].keys.device):
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for t in unique.values():
+            groups.setdefault((t.shape, t.stride(), t.dtype, t.device), []).append(t)
+        for tensors in groups.values():
+            kernels().compact_kv(tensors, prefix_len, path)
+    else:
+        for t in unique.values():
+            t[..., prefix_len : prefix_len + P, :] = t.index_select(-2, prefix_len + path.to(t.device))
+    for layer in layers:
+        layer.keys = layer.keys[..., : prefix_len + P, :]
+        layer.values = layer.values[..., : prefix_len + P, :]
+
+
+def compact_cache_reference(cache: DynamicCache, prefix_len: int, path: torch.Tensor) -> None:
+    """What `compact_cache` does, the plain way: rebuild every layer with index_select (copies the prefix too)."""
+    keep = torch.cat([torch.arange(prefix_len, device=path.device), prefix_len + path])
     for layer in cache.layers:
         if layer.is_initialized and layer.keys.numel():
-            layer.keys = layer.keys.index_select(-2, keep)
-            layer.values = layer.values.index_select(-2, keep)
+            layer.keys = layer.keys.index_select(-2, keep.to(layer.keys.device))
+            layer.values = layer.values.index_select(-2, keep.to(layer.values.device))
 
 
 def crop_cache(cache: DynamicCache, length: int) -> None:

@@ -1,0 +1,95 @@
+"""Tree attention as a transformers attention implementation ("hf_specdec_tree").
+
+Registered with `AttentionInterface` (and `AttentionMaskInterface`, with sdpa's mask builder), so any model
+built on transformers' attention functions can use it: `from_pretrained(..., attn_implementation=
+"hf_specdec_tree")` or `model.set_attn_implementation("hf_specdec_tree")`. Given a packed tree mask
+(tree/masks.py) it runs tree attention -- the Triton kernel where `hf_specdec.accel` says the kernels serve,
+else the torch reference; given anything else (prefill, ordinary decoding) it is sdpa.
+
+The tree strategies pass packed masks to models that use this implementation (`tree_mask_for`), and switch
+models to it for the length of a `generate` call when the kernels serve their device (`tree_attention_for`).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from ..accel import get_kernel_mode, kernels, kernels_serve
+from .masks import is_packed_tree_mask, pack_tree_mask, tree_attention_mask, unpack_tree_mask
+
+logger = logging.getLogger(__name__)
+
+TREE_ATTENTION = "hf_specdec_tree"
+
+
+def tree_attention_reference(query, key, value, packed_mask, scaling=None) -> torch.Tensor:
+    """Torch tree attention: sdpa with the unpacked mask. query [B, H, q, D], key/value [B, H_kv, kv, D];
+    returns [B, q, H, D]."""
+    visible = unpack_tree_mask(packed_mask, key.shape[2])
+    groups = query.shape[1] // key.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1), attn_mask=visible, scale=scaling
+    )
+    return out.transpose(1, 2)
+
+
+def tree_attention(query, key, value, packed_mask, scaling=None) -> torch.Tensor:
+    """Tree attention by the kernel or the torch reference (see hf_specdec.accel)."""
+    if kernels_serve(query.device):
+        return kernels().tree_attention(query, key, value, packed_mask, scaling)
+    return tree_attention_reference(query, key, value, packed_mask, scaling)
+
+
+def tree_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """The registered attention function (transformers' signature)."""
+    if not is_packed_tree_mask(attention_mask):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    unsupported = [name for name in ("softcap", "sliding_window") if kwargs.get(name) is not None]
+    if dropout or unsupported or kwargs.get("output_attentions"):
+        raise NotImplementedError(
+            f"{TREE_ATTENTION} attention does not support {', '.join(unsupported) or 'dropout / output_attentions'} "
+            f"(layer {type(module).__name__}); use attn_implementation='sdpa' for this model."
+        )
+    return tree_attention(query, key, value, attention_mask, scaling), None
+
+
+def register_tree_attention() -> None:
+    AttentionInterface.register(TREE_ATTENTION, tree_attention_forward)
+    AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)
+
+
+def tree_mask_for(model, ancestors: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """The tree mask in the form `model`'s attention implementation takes: packed for tree attention, dense
+    additive otherwise."""
+    if model.config._attn_implementation == TREE_ATTENTION:
+        return pack_tree_mask(ancestors, prefix_len)
+    return tree_attention_mask(ancestors, prefix_len, model.dtype)
+
+
+@contextmanager
+def tree_attention_for(*models):
+    """For the block, switch the models on devices that the kernels serve from sdpa to tree attention (with the
+    kernel mode forced to "triton", from any implementation); restore them afterwards."""
+    switched = []
+    try:
+        for model in models:
+            current = model.config._attn_implementation
+            if current == TREE_ATTENTION or not kernels_serve(model.device):
+                continue
+            if current != "sdpa" and get_kernel_mode() != "triton":
+                logger.info("%s keeps attn_implementation=%r: the tree attention kernel replaces sdpa only "
+                            "(force it with HF_SPECDEC_KERNELS=triton).", type(model).__name__, current)
+                continue
+            model.set_attn_implementation(TREE_ATTENTION)
+            switched.append((model, current))
+        yield
+    finally:
+        for model, previous in switched:
+            model.set_attn_implementation(previous)
