@@ -95,6 +95,28 @@ def bench_attention(device, dtype, tree_sizes, prefixes, head_dims, time_ms, use
     return rows
 
 
+def sweep_attention(device, dtype, time_ms, prefix=4096, n=64, head_dim=128):
+    """Tile sizes and key splits of the tree attention kernel at one shape (to pick defaults on a new GPU)."""
+    tree = eagle_tree(n, device)
+    q = torch.randn(1, n, 32, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    k = torch.randn(1, 8, prefix + n, head_dim, device=device, dtype=dtype)
+    v = torch.randn_like(k)
+    packed = pack_tree_mask(tree.ancestors, prefix)
+    rows = []
+    for block_m in (16, 32, 64, 128):
+        for block_n in (32, 64, 128):
+            for splits in (None, 1, 2, 4, 8, 16):
+                for warps in (4, 8):
+                    run = lambda: kernels().tree_attention(q, k, v, packed, None, block_m, block_n, splits, warps)  # noqa: E731
+                    try:
+                        rows.append({"block_m": block_m, "block_n": block_n, "splits": str(splits), "warps": warps,
+                                     "ms": time_ms(run)})
+                    except Exception as error:  # e.g. out of shared memory
+                        rows.append({"block_m": block_m, "block_n": block_n, "splits": str(splits), "warps": warps,
+                                     "ms": float("nan"), "error": type(error).__name__})
+    return sorted(rows, key=lambda r: (r["ms"] != r["ms"], r["ms"]))
+
+
 def bench_verify(device, tree_sizes, vocab, time_ms, use_kernels):
     rows = []
     for n in tree_sizes:
@@ -175,6 +197,7 @@ def main(argv=None):
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--path-len", type=int, default=5)
     parser.add_argument("--reps", type=int, default=100, help="ms of timing per call on CUDA (do_bench rep)")
+    parser.add_argument("--sweep", action="store_true", help="also time tile sizes / key splits at tree 64, prefix 4k")
     parser.add_argument("--out", default="bench_results/kernels.json")
     args = parser.parse_args(argv)
 
@@ -195,9 +218,12 @@ def main(argv=None):
             "compaction": bench_compaction(device, dtype, args.prefixes, args.layers, 64, args.path_len, time_ms,
                                            use_kernels),
         }
+        if args.sweep and use_kernels:
+            results["attention_sweep"] = sweep_attention(device, dtype, time_ms)
     print_table("Tree attention, one layer call (32 query / 8 KV heads), ms", results["tree_attention"])
     print_table("Greedy tree verification (argmax + walk + path), ms", results["greedy_verify"])
     print_table(f"KV-cache compaction, {args.layers} layers, ms", results["compaction"])
+    print_table("Tree attention tile sweep (tree 64, prefix 4096, d 128), fastest first", results.get("attention_sweep", [])[:12])
     if use_kernels and device.type == "cuda":
         at = [r for r in results["tree_attention"] if r["tree"] == 64 and r["prefix"] == 4096]
         comp = results["compaction"]
