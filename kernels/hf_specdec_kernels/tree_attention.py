@@ -11,7 +11,8 @@ Keys before P are visible to every query; keys at or after P only through their 
 One program serves BLOCK_M (query, head) rows that share a key/value head: the G = H / H_kv query heads of
 one GQA group are stacked along the rows, so each K/V tile is loaded once per group. The softmax is the
 usual online one (running max and sum in fp32, exp2 with log2(e) folded into the scale); the prefix tiles
-need no mask, so they run first, without reading any.
+need no mask, so they run first, without reading any. When those programs are too few to fill the GPU (small
+trees), a third grid axis splits the keys and a second kernel merges the splits' partial states.
 """
 
 from __future__ import annotations
