@@ -64,6 +64,20 @@ def test_bench_end_to_end_on_two_questions(tiny_setup, tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
+def test_bench_repeats_keep_the_median_time(tiny_setup, tmp_path):
+    root, questions = tiny_setup
+    out = tmp_path / "bench.json"
+    specbench.main(["--questions", str(questions), "--per-category", "1", "--max-new-tokens", "6",
+                    "--model", str(root / "target"), "--draft", str(root / "fspad"), "--methods", "stock", "fspad",
+                    "--dtype", "float32", "--repeats", "3", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["meta"]["repeats"] == 3
+    assert len(result["records"]) == 3 * 2  # one record per (turn, method), not per repeat
+    for r in result["records"]:
+        assert len(r["seconds_each"]) == 3
+        assert r["seconds"] == sorted(r["seconds_each"])[1]
+
+
 def test_load_questions_rejects_rows_without_turns(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"question_id": 5, "category": "qa"}) + "\n")

@@ -125,40 +125,55 @@ def method_kwargs(name: str, heads: dict, pld_tokens: int) -> dict:
 
 
 def run(target, tokenizer, questions, methods, heads, temperatures, max_new_tokens, pld_tokens=10, seed=0,
-        progress=True) -> list[dict]:
-    """Answer every question with every method at every temperature; one record per (method, turn)."""
+        progress=True, repeats=1) -> list[dict]:
+    """Answer every question with every method at every temperature; one record per (method, turn).
+
+    With `repeats` > 1 every turn is answered that many times by every method (methods interleaved within
+    each repeat, the order rotating) and a record keeps the median time; the answers themselves are
+    deterministic (greedy, or sampling from a fixed seed), so the first one carries the conversation on."""
     from tqdm.auto import tqdm
 
     counter = ForwardCounter(target.get_decoder())
     records = []
     jobs = [(q, t) for t in temperatures for q in questions]
+
+    def answer(name, ids, temperature, turn_i, question):
+        sampling = {"do_sample": False} if temperature == 0 else {
+            "do_sample": True, "temperature": float(temperature), "top_k": None, "top_p": None}
+        if temperature:
+            torch.manual_seed(seed + question["question_id"] * 7 + turn_i)
+        counter.count = 0
+        start = time.perf_counter()
+        out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                              **sampling, **method_kwargs(name, heads, pld_tokens))
+        elapsed = time.perf_counter() - start
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        return sequences[0, ids.shape[1]:].tolist(), counter.count, elapsed
+
     try:
         for job_i, (question, temperature) in enumerate(tqdm(jobs, desc="spec-bench", disable=not progress)):
-            order = methods[job_i % len(methods):] + methods[: job_i % len(methods)]  # rotate who goes first
             histories = {m: [] for m in methods}
             for turn_i, turn in enumerate(question["turns"]):
-                for name in order:
+                prompts, answers, seconds = {}, {}, defaultdict(list)
+                for name in methods:
                     histories[name].append({"role": "user", "content": turn})
-                    ids = tokenizer.apply_chat_template(histories[name], add_generation_prompt=True,
-                                                        return_tensors="pt", return_dict=True)["input_ids"]
-                    sampling = {"do_sample": False} if temperature == 0 else {
-                        "do_sample": True, "temperature": float(temperature), "top_k": None, "top_p": None}
-                    if temperature:
-                        torch.manual_seed(seed + question["question_id"] * 7 + turn_i)
-                    counter.count = 0
-                    start = time.perf_counter()
-                    out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                                          **sampling, **method_kwargs(name, heads, pld_tokens))
-                    elapsed = time.perf_counter() - start
-                    sequences = out.sequences if hasattr(out, "sequences") else out
-                    new = sequences[0, ids.shape[1]:].tolist()
+                    prompts[name] = tokenizer.apply_chat_template(histories[name], add_generation_prompt=True,
+                                                                  return_tensors="pt", return_dict=True)["input_ids"]
+                for rep in range(repeats):
+                    shift = (job_i + rep) % len(methods)
+                    for name in methods[shift:] + methods[:shift]:  # rotate who goes first
+                        new, forwards, elapsed = answer(name, prompts[name], temperature, turn_i, question)
+                        answers.setdefault(name, (new, forwards))
+                        seconds[name].append(elapsed)
+                for name in methods:
+                    new, forwards = answers[name]
                     histories[name].append({"role": "assistant",
                                             "content": tokenizer.decode(new, skip_special_tokens=True)})
                     records.append({
                         "question_id": question["question_id"], "category": question["category"],
                         "group": group_of(question["category"]), "turn": turn_i, "temperature": temperature,
-                        "method": name, "new_tokens": len(new), "target_forwards": counter.count,
-                        "seconds": elapsed, "tokens": new,
+                        "method": name, "new_tokens": len(new), "target_forwards": forwards,
+                        "seconds": statistics.median(seconds[name]), "seconds_each": seconds[name], "tokens": new,
                     })
     finally:
         counter.remove()
@@ -267,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for the pld method")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="time every answer N times (methods interleaved within each repeat) and keep the median")
     p.add_argument("--out", default="bench_results/specbench.json")
     p.add_argument("--plot", action="store_true", help="also save a speedup bar chart per temperature (matplotlib)")
     return p
@@ -292,14 +309,14 @@ def main(argv=None):
     # warm-up: one short answer per method, untimed
     run(target, tokenizer, questions[:1], args.methods, heads, args.temperatures[:1], 8, args.pld_tokens, progress=False)
     records = run(target, tokenizer, questions, args.methods, heads, args.temperatures, args.max_new_tokens,
-                  args.pld_tokens, args.seed)
+                  args.pld_tokens, args.seed, repeats=args.repeats)
     rows = summarize(records, args.methods)
     meta = {
         "command": "hf-specdec bench " + " ".join(argv if argv is not None else sys.argv[2:]),
         "model": args.model or "SmolLM2-135M-Instruct", "dtype": args.dtype, "questions": len(questions),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available()
         else torch.cuda.get_device_name(), "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(), "max_new_tokens": args.max_new_tokens,
+        "date": datetime.date.today().isoformat(), "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
         "heads": {k: str(getattr(h, "name_or_path", "")) for k, h in heads.items()},
     }
     table = markdown(rows, meta)
