@@ -5,8 +5,8 @@ set -euo pipefail
 RUN=${RUN:-runs/smollm2}
 POOL=${POOL:-../shared/data/train_prompts.jsonl}
 
-# 1. The target answers the first 400 prompts of each source (greedy, <= 192 new tokens, prompts <= 384 tokens).
-hf-specdec distill --prompts "$POOL" --per-source 400 --max-prompt-tokens 384 --batch-size 24 \
+# 1. The target answers the first 600 prompts of each source (greedy, <= 192 new tokens, prompts <= 384 tokens).
+hf-specdec distill --prompts "$POOL" --per-source 600 --max-prompt-tokens 384 --batch-size 24 \
     --max-new-tokens 192 --out "$RUN/responses.jsonl"
 # 2. Target features (last hidden state, bf16) for the self-distilled answers, and for some of the pool's own
 #    reference answers (more text at the cost of one forward each, no generation).
@@ -16,7 +16,7 @@ hf-specdec features --prompts "$POOL" --per-source 500 --max-length 768 --out "$
 #    side by side, one thread each (on 2 cores that is faster than one after the other with two threads).
 for variant in fspad eagle2; do
     OMP_NUM_THREADS=1 hf-specdec train --features "$RUN/features" --variant "$variant" --draft-vocab 16384 \
-        --epochs "${EPOCHS:-6}" --lr 1e-3 --warmup-steps 50 --save-every 50 --out "$RUN/$variant" &
+        --epochs "${EPOCHS:-7}" --lr 1e-3 --warmup-steps 50 --save-every 50 --out "$RUN/$variant" &
 done
 wait
 # 4. Tree shape: tuned on held-out pool prompts (never on Spec-Bench), e.g.

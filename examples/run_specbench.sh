@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The Spec-Bench runs behind the README's results table (shipped heads, embedded SmolLM2-135M-Instruct, 2-core CPU).
+# About an hour for the first command with --repeats 3 (use --repeats 1 for a 20-minute look), a few minutes for
+# the second. Each writes JSON (every answer's record) and a markdown table beside it; --plot adds a PNG.
+set -euo pipefail
+OUT=${OUT:-bench_results}
+# bf16, greedy and T=1: stock generate, prompt lookup decoding, the FSPAD head, the EAGLE-2 baseline head.
+hf-specdec bench --per-category 4 --max-new-tokens 128 --temperatures 0 1 --repeats "${REPEATS:-3}" \
+    --out "$OUT/specbench_bf16.json"
+# float32, greedy: every method's answers must be token-identical to stock's (match rate 100%).
+hf-specdec bench --per-category 1 --max-new-tokens 48 --dtype float32 --out "$OUT/specbench_fp32.json"
