@@ -222,3 +222,15 @@ def test_export_writes_serving_dtype_and_tree_defaults(tiny_features, tmp_path):
     assert (head.generation_config.tree_top_k, head.generation_config.tree_depth,
             head.generation_config.tree_total_tokens) == (2, 3, 6)
     assert TreeShape.resolve(head) == TreeShape(2, 3, 6)
+
+
+def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_features, tmp_path):
+    target, features = tiny_features
+    head_dir = train_mod.train(_args(tmp_path, features, max_steps=5, save_every=0), target=target)
+    final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["val"]
+    result = train_mod.evaluate_heads([head_dir], features, val_fraction=0.2, batch_tokens=256, target=target)[str(head_dir)]
+    assert result["tokens"] == final["tokens"] and result["top1"] == pytest.approx(final["top1"])
+    foreign = tmp_path / "foreign"  # a head made for another (differently initialised) model
+    FSPADDraftModel.from_target(tiny_target("llama", seed=1)).save_pretrained(foreign)
+    with pytest.raises(ValueError, match="another target"):
+        train_mod.evaluate_heads([foreign], features, val_fraction=0.2, batch_tokens=256, target=target)

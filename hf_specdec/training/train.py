@@ -290,3 +290,44 @@ def main(argv=None):
     head_dir = train(args)
     print(f"trained head saved to {head_dir}")
     return 0
+
+
+def evaluate_heads(head_dirs, features, val_fraction=0.05, batch_tokens=4096, model=None, target=None,
+                   tokenizer=None) -> dict:
+    """Held-back accuracy of saved heads on one feature folder's validation split, so that heads trained on
+    different data (or budgets) are compared on the same positions. {head_dir: evaluate(...)}"""
+    from ..draft import FSPADDraftModel
+    from ..draft.modeling_fspad import same_fingerprint
+    from .prepare import DTYPES, load_target
+
+    manifest = read_manifest(features)
+    if target is None:
+        target, tokenizer = load_target(model, DTYPES["float32"], manifest.get("adapter"))
+    val = [s for s in load_samples(features) if is_validation(s["id"], val_fraction)]
+    if not val:
+        raise ValueError(f"{features} has no held-back samples at --val-fraction {val_fraction}.")
+    results = {}
+    for head_dir in head_dirs:
+        head = FSPADDraftModel.from_pretrained(head_dir).float()
+        if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
+            raise ValueError(f"{head_dir} was made for another target than the one {features} was extracted from.")
+        head.attach_target(target, tokenizer)
+        with torch.no_grad():
+            results[str(head_dir)] = evaluate(head, val, batch_tokens)
+    return results
+
+
+def evaluate_main(argv=None):
+    p = argparse.ArgumentParser(prog="hf-specdec evaluate",
+                                description="Top-1 / top-3 of saved heads on the held-back split of a feature folder.")
+    p.add_argument("heads", nargs="+", help="head folders (a trained run's head/, an export, a shipped head)")
+    p.add_argument("--features", required=True, help="folder written by `hf-specdec features`")
+    p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="the split `hf-specdec train` held back")
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    args = p.parse_args(argv)
+    results = evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens, model=args.model)
+    print("| head | top-1 | top-3 | positions |\n|---|---|---|---|")
+    for head_dir, r in results.items():
+        print(f"| {head_dir} | {r['top1']:.1%} | {r['top3']:.1%} | {r['tokens']:,} |")
+    return 0
