@@ -127,6 +127,15 @@ def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.T
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
+def check_features_match(manifest: dict, head, features) -> None:
+    """The features and the head must come from the same target (embedding fingerprint), or nothing learnt transfers."""
+    from ..draft.modeling_fspad import same_fingerprint
+
+    if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
+        raise ValueError(f"The features in {features} were extracted from another target than the head's "
+                         f"({head.config.name_or_path or 'new head'}); extract features with the head's target.")
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]  # written last: a cut save is ignored
@@ -152,7 +161,6 @@ def train(args, target=None, tokenizer=None) -> Path:
     from transformers import get_cosine_schedule_with_warmup
 
     from ..draft import FSPADDraftModel
-    from ..draft.modeling_fspad import same_fingerprint
     from .prepare import DTYPES, load_target
 
     out_dir = Path(args.out)
@@ -176,8 +184,7 @@ def train(args, target=None, tokenizer=None) -> Path:
         head.draft_to_target.copy_(draft_vocabulary(train_samples, args.draft_vocab, head.config.vocab_size))
         head.attach_target(target, tokenizer)  # re-slice the lm_head rows for the chosen vocabulary
     head = head.float().train()
-    if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
-        raise ValueError(f"The features in {args.features} were extracted from another model than the target given.")
+    check_features_match(manifest, head, args.features)
 
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed)) // accelerator.num_processes
@@ -297,7 +304,6 @@ def evaluate_heads(head_dirs, features, val_fraction=0.05, batch_tokens=4096, mo
     """Held-back accuracy of saved heads on one feature folder's validation split, so that heads trained on
     different data (or budgets) are compared on the same positions. {head_dir: evaluate(...)}"""
     from ..draft import FSPADDraftModel
-    from ..draft.modeling_fspad import same_fingerprint
     from .prepare import DTYPES, load_target
 
     manifest = read_manifest(features)
@@ -309,8 +315,7 @@ def evaluate_heads(head_dirs, features, val_fraction=0.05, batch_tokens=4096, mo
     results = {}
     for head_dir in head_dirs:
         head = FSPADDraftModel.from_pretrained(head_dir).float()
-        if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
-            raise ValueError(f"{head_dir} was made for another target than the one {features} was extracted from.")
+        check_features_match(manifest, head, features)
         head.attach_target(target, tokenizer)
         with torch.no_grad():
             results[str(head_dir)] = evaluate(head, val, batch_tokens)
