@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Spec-Bench runs behind the README's results table (shipped heads, embedded SmolLM2-135M-Instruct, 2-core CPU).
-# About an hour for the first command with --repeats 3 (use --repeats 1 for a 20-minute look), a few minutes for
-# the second. Each writes JSON (every answer's record) and a markdown table beside it; --plot adds a PNG.
+# The first command took 55 minutes with --repeats 3 on a 2-core CPU (--repeats 1 times each answer once, for a
+# quicker look); the second takes a few minutes. Each writes JSON (every answer's record) and a markdown table
+# beside it; --plot adds a PNG.
 set -euo pipefail
 OUT=${OUT:-bench_results}
 # bf16, greedy and T=1: stock generate, prompt lookup decoding, the FSPAD head, the EAGLE-2 baseline head.

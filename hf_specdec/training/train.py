@@ -126,16 +126,17 @@ def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.T
     return counts.topk(size).indices.sort().values
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
 def check_features_match(manifest: dict, head, features) -> None:
     """The features and the head must come from the same target (embedding fingerprint), or nothing learnt transfers."""
     from ..draft.modeling_fspad import same_fingerprint
 
     if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
         raise ValueError(f"The features in {features} were extracted from another target than the head's "
-                         f"({head.config.name_or_path or 'new head'}); extract features with the head's target.")
+                         f"({head.config.name_or_path or 'the --model given'}); use features and a head of the same "
+                         f"target model.")
 
 
+# ------------------------------------------------------------------------------------------ checkpoints
 def latest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]  # written last: a cut save is ignored
