@@ -12,6 +12,7 @@ COMMANDS = {
     "acceptance": ("hf_specdec.bench.acceptance", "per-node acceptance of RRS / RRSw / SpecHub on real (p, q) pairs"),
     "bench-superposed": ("hf_specdec.bench.superposed", "superposed drafts vs greedy / nucleus / beam: time, perplexity"),
     "bench-kernels": ("hf_specdec.bench.kernels", "Triton tree kernels vs the torch paths they replace (GPU)"),
+    "calibrate-lookup": ("hf_specdec.bench.lookup_calibration", "acceptance estimates of lookup drafts: fit + reliability table"),
     "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),

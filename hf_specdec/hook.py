@@ -59,16 +59,22 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
             generation_config.num_return_sequences = None
         bound["num_return_sequences"] = n
     # transformers drops the tokenizer on the callable path, so stop strings are turned into a criterion here.
-    stop_strings = kwargs.pop("stop_strings", None) or getattr(generation_config, "stop_strings", None)
+    # They may come from the call, the generation_config given or the model's own generation_config.
+    model_config = getattr(model, "generation_config", None)
+    stop_strings = (kwargs.pop("stop_strings", None) or getattr(generation_config, "stop_strings", None)
+                    or getattr(model_config, "stop_strings", None))
     if stop_strings:
         if bound["tokenizer"] is None:
             raise ValueError("stop_strings needs the tokenizer: pass tokenizer=... to generate.")
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(StopStringCriteria(tokenizer=bound["tokenizer"], stop_strings=stop_strings))
         kwargs["stopping_criteria"] = criteria
-        if getattr(generation_config, "stop_strings", None):  # now a criterion; stock would need the tokenizer
+        # Now a criterion: stock must not see them (it would ask for the tokenizer it dropped).
+        if getattr(generation_config, "stop_strings", None):
             generation_config = copy.deepcopy(generation_config)
             generation_config.stop_strings = None
+        if getattr(model_config, "stop_strings", None):
+            kwargs["stop_strings"] = None  # stock fills a None in the given config from the model's config
     return _STOCK_GENERATE(model, inputs, generation_config, custom_generate=functools.partial(decode, **bound), **kwargs)
 
 

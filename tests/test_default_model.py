@@ -61,6 +61,15 @@ def test_stop_strings_inside_an_accepted_path(smollm):
     assert torch.equal(out, ref) and out.shape[1] < free.shape[1]
     with pytest.raises(ValueError, match="tokenizer"):
         model.generate(ids, assistant_model=oracle_head(model, free), strategy="fspad", stop_strings=[stop])
+    # stop strings set in the model's own generation_config count too
+    model.generation_config.stop_strings = [stop]
+    try:
+        out = model.generate(ids, assistant_model=oracle_head(model, free), strategy="fspad", max_new_tokens=30,
+                             tokenizer=tok)
+        assert torch.equal(out, ref)
+        assert model.generation_config.stop_strings == [stop]  # the model's config is untouched
+    finally:
+        model.generation_config.stop_strings = None
 
 
 def test_head_made_with_another_tokenizer_is_refused(smollm, llama):

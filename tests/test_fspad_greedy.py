@@ -96,19 +96,98 @@ def test_logits_processors_see_each_nodes_own_context():
     )
 
 
-def test_attention_mask_and_left_padding():
+@pytest.mark.parametrize("length", [dict(max_new_tokens=20), dict(max_new_tokens=20, min_new_tokens=12),
+                                    dict(max_length=25), dict(max_new_tokens=20, repetition_penalty=1.5)])
+def test_attention_mask_and_left_padding(length):
+    """Stock counts the padding in max_length / min_length and shows it to the processors: so do we."""
     target = tiny_target(seed=10)
+    target.generation_config.eos_token_id = None  # no early stop: the padded length decides where it ends
     head = FSPADDraftModel.from_target(target)
     ids = torch.tensor([[0, 0, 12, 13, 14]])
     mask = torch.tensor([[0, 0, 1, 1, 1]])
-    ref = target.generate(ids, attention_mask=mask, max_new_tokens=15, do_sample=False)
-    out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", max_new_tokens=15)
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, **length)
+    out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", **length)
     assert torch.equal(out, ref)
     ones = torch.ones_like(ids)
     assert torch.equal(
         target.generate(ids, attention_mask=ones, assistant_model=head, strategy="fspad", max_new_tokens=10),
         target.generate(ids, attention_mask=ones, max_new_tokens=10, do_sample=False),
     )
+
+
+def test_min_new_tokens_with_left_padding_holds_back_eos():
+    target = tiny_target(seed=10)
+    target.generation_config.eos_token_id = None
+    ids, mask = torch.tensor([[0, 0, 12, 13, 14]]), torch.tensor([[0, 0, 1, 1, 1]])
+    free = target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False)
+    eos = int(free[0, 5 + 2])  # emitted early; min_new_tokens must hold it back
+    kwargs = dict(attention_mask=mask, max_new_tokens=20, min_new_tokens=8, eos_token_id=eos, do_sample=False)
+    ref = target.generate(ids, **kwargs)
+    head = oracle_head(target, torch.cat([ids[:, 2:], free[:, 5:]], 1))
+    assert torch.equal(target.generate(ids, assistant_model=head, strategy="fspad", **kwargs), ref)
+
+
+def test_prefix_constrained_decoding_sees_batch_row_zero():
+    target = tiny_target(seed=13)
+    ids = torch.tensor([[5, 6, 7]])
+    seen = set()
+
+    def allowed(batch_id, sent):
+        seen.add(batch_id)
+        return list(range(batch_id * 10 + 1, 128, 2))  # odd tokens for row 0, anything else for other rows
+
+    ref = target.generate(ids, max_new_tokens=15, do_sample=False, prefix_allowed_tokens_fn=allowed)
+    head = oracle_head(target, ref)
+    out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=15,
+                          prefix_allowed_tokens_fn=allowed, tree_top_k=3, tree_depth=3, tree_total_tokens=10)
+    assert torch.equal(out, ref) and seen == {0}
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
+def test_attention_that_cannot_take_a_tree_mask_is_refused(impl):
+    target = tiny_target(seed=14)
+    head = FSPADDraftModel.from_target(target)
+    target.config._attn_implementation = impl  # as from_pretrained(attn_implementation=impl) would set it
+    with pytest.raises(ValueError, match=f"attn_implementation='{impl}'.*set_attn_implementation"):
+        target.generate(torch.tensor([[1, 2]]), assistant_model=head, strategy="fspad", max_new_tokens=5)
+
+
+def test_eager_attention_matches_stock():
+    target = tiny_target(seed=14)
+    target.set_attn_implementation("eager")
+    head = oracle_head(target, target.generate(torch.tensor([[1, 2]]), max_new_tokens=30, do_sample=False))
+    ids = torch.tensor([[1, 2]])
+    assert torch.equal(target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=20),
+                       target.generate(ids, max_new_tokens=20, do_sample=False))
+
+
+def scaled_logits_target(family):
+    """A tiny model whose forward rescales the lm_head's logits after it."""
+    from transformers import CohereConfig, CohereForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(15)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, initializer_range=0.2, pad_token_id=0)
+    if family == "cohere":
+        model = CohereForCausalLM(CohereConfig(logit_scale=0.25, tie_word_embeddings=True, **common))
+    else:
+        model = GraniteForCausalLM(GraniteConfig(logits_scaling=4.0, **common))
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["cohere", "granite"])
+def test_models_that_rescale_their_logits(family):
+    """Greedy tokens do not move under a positive scale, but the scores, logits and sampling do."""
+    target = scaled_logits_target(family)
+    ids = torch.tensor([[3, 9, 27]])
+    kwargs = dict(max_new_tokens=12, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    ref = target.generate(ids, do_sample=False, **kwargs)
+    head = oracle_head(target, ref.sequences)
+    out = target.generate(ids, assistant_model=head, strategy="fspad", **kwargs)
+    assert torch.equal(out.sequences, ref.sequences) and out.spec_stats.tau > 2
+    for ours, theirs in zip(out.logits, ref.logits):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
 class Recorder(BaseStreamer):

@@ -10,7 +10,7 @@ from hf_specdec.verification import Verdict
 
 from conftest import chi_square_pvalue, exact_sequence_probs, oracle_head, tiny_target
 
-VOCAB, NEW = 6, 2
+VOCAB, NEW = 6, 3  # the prefill's token, then a depth-1 and a depth-2 decision of one cycle
 
 
 def sample_histogram(target, head, ids, draws, gen_kwargs, seed=0):
@@ -43,7 +43,7 @@ def test_sampling_output_distribution_is_the_targets(tiny, gen_kwargs, head_kind
         head = FSPADDraftModel.from_target(target)
     else:  # proposes the greedy continuation: many acceptances
         head = oracle_head(target, target.generate(ids, max_new_tokens=10, do_sample=False))
-    probs = exact_sequence_probs(target, ids, gen_kwargs, VOCAB)
+    probs = exact_sequence_probs(target, ids, gen_kwargs, VOCAB, NEW)
     draws = 1500
     counts = sample_histogram(target, head, ids, draws, gen_kwargs, seed={"untrained": 0, "oracle": 1}[head_kind])
     assert chi_square_pvalue(counts, probs, draws) > 1e-3
@@ -68,4 +68,4 @@ def test_chi_square_detects_a_lossy_verifier(tiny, monkeypatch):
     gen_kwargs = {"temperature": 1.0}
     draws = 1500
     counts = sample_histogram(target, head, ids, draws, gen_kwargs)
-    assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs, VOCAB), draws) < 1e-6
+    assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs, VOCAB, NEW), draws) < 1e-6

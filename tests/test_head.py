@@ -79,10 +79,13 @@ def test_pairing_with_the_wrong_target_says_what_differs(llama_head):
         other.generate(torch.tensor([[1, 2]]), assistant_model=llama_head, strategy="fspad", max_new_tokens=3)
 
 
-def test_fingerprint_survives_a_dtype_change(llama, llama_head):
-    llama_head.attach_target(llama.to(torch.bfloat16))
-    llama.to(torch.float32)
-    llama_head.attach_target(llama)
+def test_fingerprint_survives_a_dtype_change():
+    target = tiny_target(seed=41)  # its own copy: the module's shared fixture keeps its float32 weights
+    head = FSPADDraftModel.from_target(target)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert head.target_mismatches(tiny_target(seed=41).to(dtype)) == []
+    assert head.target_mismatches(tiny_target(seed=42).to(torch.bfloat16)) == [
+        "embedding fingerprint: the target's token embeddings are not those the head was made for"]
 
 
 def test_tokenizer_mismatch_is_detected(llama):

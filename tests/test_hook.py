@@ -28,7 +28,7 @@ def test_without_strategy_generate_is_stock(llama):
 def test_strategy_from_generation_config(llama, llama_head):
     config = GenerationConfig(strategy="fspad", max_new_tokens=10, do_sample=False)
     out = llama.generate(IDS, generation_config=config, assistant_model=llama_head, return_dict_in_generate=True)
-    assert out.spec_stats is not None and torch.equal(out.sequences, stock(llama))
+    assert torch.equal(out.sequences, stock(llama)) and out.spec_stats.new_tokens == 10
     assert config.strategy == "fspad"  # the caller's object is untouched
 
 
@@ -36,7 +36,8 @@ def test_strategy_from_the_models_generation_config(llama, llama_head):
     llama.generation_config.strategy = "fspad"
     try:
         out = llama.generate(IDS, assistant_model=llama_head, max_new_tokens=10, return_dict_in_generate=True)
-        assert out.spec_stats is not None
+        assert torch.equal(out.sequences, stock(llama, strategy=None))
+        assert out.spec_stats.new_tokens == 10 and out.spec_stats.target_forwards == 1 + len(out.spec_stats.accepted_lengths)
         assert llama.generation_config.strategy == "fspad"
         plain = llama.generate(IDS, max_new_tokens=10, strategy=None, return_dict_in_generate=True)
         assert not hasattr(plain, "spec_stats") or plain.spec_stats is None

@@ -97,7 +97,8 @@ def test_first_step_is_the_top_k_of_the_interpolated_distribution(model, table):
     top, cand = logits.topk(3 * k)
     log_p = top.log_softmax(-1)
     p_ng = table.probs(ids[:, -5:], cand[None])[0]
-    log_f = interpolate(log_p[None], p_ng[None], alpha)[0]
+    assert (p_ng > 0).any()  # the definition's mixed branch, not the no-n-gram penalty
+    log_f = (1 - alpha) * log_p + alpha * p_ng.log()  # the paper's interpolation, restated
     best = log_f.topk(k)
     assert out.sequences.shape == (k, ids.shape[1] + 1)
     assert out.sequences[:, -1].tolist() == cand[best.indices].tolist()
@@ -123,6 +124,13 @@ def test_later_steps_read_the_superposed_token(model, table):
     best = total.topk(k)
     expected = {(int(one.sequences[i // (3 * k), -1]), int(cand[i % (3 * k)])) for i in best.indices}
     assert {tuple(row[-2:].tolist()) for row in two.sequences} == expected
+
+
+def test_max_time_stops_the_search(model):
+    ids = torch.tensor([[1, 2, 3, 4]])
+    out = model.generate(ids, strategy="superposed", num_return_sequences=3, ngram=False, max_new_tokens=40,
+                         max_time=0.0)
+    assert out.shape[1] - ids.shape[1] < 40  # stopped by the time limit (checked after every step), not the length
 
 
 def test_eos_moves_drafts_to_the_finished_pool(model):

@@ -55,7 +55,7 @@ def node_distributions(target, head, tokenizer, prompt: str, temperature: float,
     features, logits = target_forward(target, out, DynamicCache(config=target.config), torch.arange(out.shape[1])[None])
     # the head at position t reads (x_{t+1}, f_t) and predicts x_{t+2}
     h = head(input_ids=out[:, 1:], features=features[:, :-1], position_ids=torch.arange(out.shape[1] - 1)[None],
-             past_key_values=DynamicCache())
+             cache=DynamicCache())
     draft_logits = head.scatter_to_target(head.compute_logits(h.hidden_states).float(), fill=float("-inf"))
     # answer tokens x_L .. x_{end-1}: target p from position t = L-1 .., head q from head position t - 1
     p = (logits[0, L - 1 : -1] / temperature).softmax(-1)

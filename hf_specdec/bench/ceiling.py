@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..default_model import default_target
+from .specbench import DEV_QUESTIONS
 from ..testing import oracle_head
 
-DEV_QUESTIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spec_bench_dev.jsonl"
 
 
 def load_prompts(path: Path, n: int) -> list[str]:

@@ -30,7 +30,7 @@ import torch
 
 from ..strategies.spechub import full_tree_size
 
-DEV_QUESTIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spec_bench_dev.jsonl"
+DEV_QUESTIONS = Path(__file__).resolve().parent / "data" / "spec_bench_dev.jsonl"  # shipped (data/README.md)
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 GROUPS = ["multi-turn conversation", "translation", "summarization", "qa", "math_reasoning", "rag"]
 

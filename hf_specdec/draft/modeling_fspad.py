@@ -27,6 +27,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from ..compat import cache_kwargs
 from .configuration_fspad import FSPADConfig
 
 _FINGERPRINT_ROWS = 16
@@ -53,11 +54,12 @@ def tokenizer_hash(tokenizer) -> str:
 
 @dataclass
 class FSPADOutput(ModelOutput):
-    """hidden_states: the logit half [B, q, H]; features: the regressed next features [B, q, H]."""
+    """hidden_states: the logit half [B, q, H]; features: the regressed next features [B, q, H]; cache: the
+    head's KV cache, updated."""
 
     hidden_states: torch.Tensor | None = None
     features: torch.Tensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
 
 
 @dataclass
@@ -231,23 +233,35 @@ class FSPADDraftModel(PreTrainedModel):
         features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
+        past_key_values=None,
         **kwargs,
     ) -> FSPADOutput:
         """One pass of the head.
 
         input_ids [B, q] (the tokens x_{t+1}) or inputs_embeds [B, q, H]; features [B, q, H] (f_t);
-        position_ids [B, q]; attention_mask: None (causal over the cache) or an additive [B, 1, q, kv] mask.
+        position_ids [B, q]; cache (or its old name past_key_values): the head's KV cache, or None;
+        attention_mask: a 4D mask over the cache and the new tokens (additive [B, 1, q, kv], or the packed
+        tree form for the tree attention implementation), or None for causal attention -- allowed only when
+        the cache is empty or one token is fed, since attention with is_causal and fewer queries than keys
+        aligns the triangle to the first keys, not the newest.
         """
+        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
         e = inputs_embeds.to(self.fc.weight.dtype)
         h = self.fc(torch.cat([e, features.to(e.dtype)], dim=-1))
         if self.config.use_feature_sampling:
             h = h + self.fs_down_proj(F.silu(self.fs_gate_proj(e)) * self.fs_up_proj(self.fs_norm(h)))
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None and past > 0 and h.shape[1] > 1:
+            raise ValueError(
+                f"FSPADDraftModel: {h.shape[1]} tokens after {past} cached positions need an explicit attention_mask "
+                "(e.g. hf_specdec.tree.tree_mask_for(head, causal ancestors, cached)); causal attention without one "
+                "would attend to the first cached keys."
+            )
         if position_ids is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
         cos_sin = self.rotary_emb(h, position_ids)
         is_causal = attention_mask is None and h.shape[1] > 1
@@ -255,8 +269,8 @@ class FSPADDraftModel(PreTrainedModel):
             hidden_states=h,
             position_embeddings=cos_sin,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             is_causal=is_causal,
+            **cache_kwargs(cache),
             **kwargs,
         )
         a = h + attn
@@ -267,4 +281,4 @@ class FSPADDraftModel(PreTrainedModel):
             hidden, features_out = a + mlp[..., :H], a + mlp[..., H:]
         else:
             hidden = features_out = a + mlp
-        return FSPADOutput(hidden_states=hidden, features=features_out, past_key_values=past_key_values)
+        return FSPADOutput(hidden_states=hidden, features=features_out, cache=cache)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, PrefixConstrainedLogitsProcessor, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from ..compat import cache_kwargs
 from ..tree.structure import DraftTree
 
 
@@ -101,12 +102,21 @@ def strip_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     return input_ids[:, :n_pad], input_ids[:, n_pad:]
 
 
+def reads_batch_rows(processor) -> bool:
+    """Whether a processor's output depends on a row's index in the batch: prefix_allowed_tokens_fn(batch_id,
+    ...), or per-row state sized for the request's batch (repetition penalty's padding lengths)."""
+    return isinstance(processor, PrefixConstrainedLogitsProcessor) or isinstance(
+        getattr(processor, "prompt_ignore_length", None), torch.Tensor
+    )
+
+
 def process_tree_scores(
     logits: torch.Tensor, tree: DraftTree, sequence: torch.Tensor, logits_processor: LogitsProcessorList
 ) -> torch.Tensor:
     """Apply the logits processors to the target's logits at every tree node, each with its own context
     (the committed sequence plus the path to the node). Nodes of one depth share a context length, so they
-    go through the processors as one batch. logits [1, N, V] float32 -> scores [1, N, V]."""
+    go through the processors as one batch -- except through those that read a row's batch index, which see
+    each node alone, as row 0 of the request's one-row batch. logits [1, N, V] float32 -> scores [1, N, V]."""
     if not logits_processor:
         return logits
     paths = tree.path_tokens()[0]  # [N, D]
@@ -114,7 +124,13 @@ def process_tree_scores(
     for d in range(int(tree.depths.max()) + 1):
         nodes = (tree.depths[0] == d).nonzero().flatten()
         context = torch.cat([sequence.expand(len(nodes), -1), paths[nodes, :d]], dim=1)
-        scores[0, nodes] = logits_processor(context, logits[0, nodes])
+        level = logits[0, nodes]
+        for processor in logits_processor:
+            if reads_batch_rows(processor):
+                level = torch.cat([processor(context[r : r + 1], level[r : r + 1]) for r in range(len(nodes))])
+            else:
+                level = processor(context, level)
+        scores[0, nodes] = level
     return scores
 
 
@@ -148,16 +164,15 @@ class TokenEmitter:
             self.streamer.put(tokens[:kept].cpu())
         return kept
 
-    def result(self, generation_config: GenerationConfig, cache, stats: SpecDecodeStats, padding: torch.Tensor):
+    def result(self, generation_config: GenerationConfig, cache, stats: SpecDecodeStats):
         if self.streamer is not None:
             self.streamer.end()
-        sequences = torch.cat([padding, self.sequence], dim=-1)
         if not generation_config.return_dict_in_generate:
-            return sequences
+            return self.sequence
         return SpecDecodeOutput(
-            sequences=sequences,
+            sequences=self.sequence,
+            **cache_kwargs(cache),
             scores=tuple(self.scores) if self.scores is not None else None,
             logits=tuple(self.logits) if self.logits is not None else None,
-            past_key_values=cache,
             spec_stats=stats,
         )

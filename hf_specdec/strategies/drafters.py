@@ -34,8 +34,13 @@ class HeadDrafter:
         Returns the draft's (log-probs [B, V], feature [B, H]) after the last one: what the next root's
         children are drawn from."""
         crop_cache(self.cache, cached)
-        positions = torch.arange(cached, cached + tokens.shape[1], device=tokens.device)[None]
-        out = self.head(input_ids=tokens, features=features, position_ids=positions, past_key_values=self.cache)
+        P = tokens.shape[1]
+        positions = torch.arange(cached, cached + P, device=tokens.device)[None]
+        # The new pairs see the whole cache and each other causally: a chain is a tree whose ancestors are the
+        # lower triangle, so the expansion's mask path serves (packed for the tree attention kernel).
+        chain = torch.ones(P, P, dtype=torch.bool, device=tokens.device).tril()[None]
+        out = self.head(input_ids=tokens, features=features, position_ids=positions,
+                        attention_mask=tree_mask_for(self.head, chain, cached), cache=self.cache)
         self.stats.draft_forwards += 1
         logits = self.head.compute_logits(out.hidden_states[:, -1]).float()
         return logits.log_softmax(-1), out.features[:, -1]
@@ -48,7 +53,7 @@ class HeadDrafter:
             positions = torch.full(tokens.shape, cached + depth - 1, device=tokens.device)
             out = self.head(
                 input_ids=tokens, features=features, position_ids=positions,
-                attention_mask=mask, past_key_values=self.cache,
+                attention_mask=mask, cache=self.cache,
             )
             self.stats.draft_forwards += 1
             return self.head.compute_logits(out.hidden_states).float().log_softmax(-1), out.features

@@ -3,7 +3,8 @@ grown and how it is verified.
 
 One cycle, with L committed tokens in the target's cache and the last committed token (the root) not yet in
 it:
-    1. `grow(root, draft_state, L)`: the drafter grows a tree from the root;
+    1. `grow(committed, draft_state, L)`: a tree grows from the root (the last of the committed tokens, which
+       lookup drafts read too);
     2. the target verifies the whole tree in one forward (tree mask after the cached prefix, depth positions);
     3. `verify(tree, scores)` picks the accepted path and the target's next token after it;
     4. the target cache is compacted to prefix + accepted path, the tokens are emitted (stopping criteria per
@@ -17,7 +18,16 @@ from typing import Callable, Protocol
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from ..tree import DraftTree, check_compactable, compact_cache, tree_attention_for, tree_mask_for, tree_position_ids
+from ..compat import CACHE_KWARGS, cache_kwargs, given_cache
+from ..tree import (
+    DraftTree,
+    check_compactable,
+    check_tree_attention,
+    compact_cache,
+    tree_attention_for,
+    tree_mask_for,
+    tree_position_ids,
+)
 from ..verification import Verdict
 from .common import (
     SpecDecodeStats,
@@ -32,7 +42,7 @@ from .common import (
 # or None for drafts that do not read the target's features).
 DraftState = tuple[torch.Tensor, "torch.Tensor | None"]
 
-MODEL_INPUTS = {"attention_mask", "past_key_values", "use_cache", "position_ids", "logits_to_keep"}
+MODEL_INPUTS = {"attention_mask", "use_cache", "position_ids", "logits_to_keep"} | CACHE_KWARGS
 
 
 class Drafter(Protocol):
@@ -51,21 +61,25 @@ class Drafter(Protocol):
 
 
 def target_forward(model, input_ids, cache, position_ids, attention_mask=None):
-    """One forward through a causal LM's decoder and lm_head: (features [B, q, H], logits [B, q, V] float32).
-    Features are the last hidden states after the final norm: what an FSPAD head reads."""
-    out = model.get_decoder()(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    features = out.last_hidden_state
-    logits = model.get_output_embeddings()(features).float()
-    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return features, logits
+    """One forward of a causal LM: (features [B, q, H], logits [B, q, V] float32).
+
+    The model's own forward, so whatever it does after its lm_head (Cohere's logit_scale, Granite's
+    logits_scaling, Gemma's softcapping) is part of the logits. Features are the lm_head's input: the last
+    hidden states after the final norm, what an FSPAD head reads."""
+    captured = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=0,
+            **cache_kwargs(cache),
+        )
+    finally:
+        hook.remove()
+    return captured[0], out.logits.float()
 
 
 def choose_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
@@ -87,12 +101,12 @@ def open_request(strategy: str, model, input_ids, generation_config: GenerationC
     if synced_gpus:
         raise NotImplementedError(f"strategy={strategy!r} does not support synced_gpus.")
     check_model_kwargs(strategy, model_kwargs, MODEL_INPUTS | set(extra_options))
-    cache = model_kwargs.get("past_key_values")
+    cache = given_cache(model_kwargs)
     if cache is None:
         cache = DynamicCache(config=model.config)
     check_compactable(cache)
     if cache.get_seq_length() > 0:
-        raise ValueError(f"strategy={strategy!r} starts from an empty cache; do not pass a filled past_key_values.")
+        raise ValueError(f"strategy={strategy!r} starts from an empty cache; do not pass a filled cache.")
     padding, prompt = strip_left_padding(input_ids, model_kwargs.get("attention_mask"))
     return cache, padding, prompt
 
@@ -113,6 +127,8 @@ def run_tree_decoding(
 ):
     """The decoding loop (module docstring). `verify` gets the target's processed scores [1, N, V]. Where the
     Triton kernels serve (hf_specdec.accel), target and draft attend with the tree attention kernel."""
+    for network in (model, drafter.model):
+        check_tree_attention(network)
     with tree_attention_for(model, drafter.model):
         return _decode(model, prompt, padding, cache, drafter, grow, verify, logits_processor, stopping_criteria,
                        generation_config, streamer, stats)
@@ -120,19 +136,21 @@ def run_tree_decoding(
 
 def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_processor, stopping_criteria,
             generation_config, streamer, stats):
+    # Logits processors and stopping criteria see the padded sequence, as in stock generate (max_length and
+    # min_new_tokens count the padding); the model sees the prompt alone at positions 0..L-1.
     emitter = TokenEmitter(
-        prompt, stopping_criteria, streamer,
+        torch.cat([padding, prompt], -1), stopping_criteria, streamer,
         keep_scores=generation_config.return_dict_in_generate and generation_config.output_scores,
         keep_logits=generation_config.return_dict_in_generate and generation_config.output_logits,
     )
     if streamer is not None:
-        streamer.put(torch.cat([padding, prompt], -1).cpu())
+        streamer.put(emitter.sequence.cpu())
 
     # Prefill: the target's features for the prompt and its first token.
     L = prompt.shape[1]
     features, logits = target_forward(model, prompt, cache, torch.arange(L, device=prompt.device)[None])
     stats.target_forwards += 1
-    scores = logits_processor(prompt, logits[:, -1])
+    scores = logits_processor(emitter.sequence, logits[:, -1])
     first = choose_token(scores, generation_config.do_sample)
     emitter.emit(first, scores, logits[:, -1])
     stats.new_tokens += 1
@@ -140,7 +158,7 @@ def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_process
         draft_state = drafter.start(prompt, first, features)
 
     while not emitter.finished:
-        tree = grow(emitter.sequence[:, -1], draft_state, L)
+        tree = grow(emitter.sequence[:, padding.shape[1]:], draft_state, L)
         mask = tree_mask_for(model, tree.ancestors, L)
         features, logits = target_forward(model, tree.tokens, cache, tree_position_ids(tree.depths, L), mask)
         stats.target_forwards += 1
@@ -158,4 +176,4 @@ def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_process
         draft_state = drafter.catch_up(new_tokens[None], features[:, path], L)
         L += path.shape[0]
 
-    return emitter.result(generation_config, cache, stats, padding)
+    return emitter.result(generation_config, cache, stats)

@@ -13,7 +13,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..draft import FSPADDraftModel
-from ..tree import grow_tree
+from ..lookup import SuffixIndex, lookup_trie
+from ..tree import graft, grow_tree
 from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
 from .drafters import HeadDrafter
@@ -22,6 +23,9 @@ from .engine import open_request, run_tree_decoding, target_forward  # noqa: F40
 # Measured on the 2-core CPU with SmolLM2-135M in bf16 (see README, "Tree shape"): a verification forward of
 # 16 tokens costs ~1.25x one token there, while the GPU default of 60 tokens costs ~3x.
 DEFAULT_TREE = {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16}
+# The most nodes lookup drafts (hf_specdec.lookup) add to a cycle's tree; measured (README, "Lookup drafts").
+DEFAULT_LOOKUP_TOKENS = 8
+LOOKUP_MATCHES = 8  # occurrences of the matched suffix whose continuations are merged
 
 
 @dataclass(frozen=True)
@@ -32,19 +36,23 @@ class TreeShape:
     depth: int
     total_tokens: int
 
+    lookup_tokens: int = DEFAULT_LOOKUP_TOKENS
+
     @classmethod
     def resolve(cls, head: FSPADDraftModel, **given) -> "TreeShape":
-        """Generate kwargs win, then the head's generation_config, then DEFAULT_TREE."""
+        """Generate kwargs win, then the head's generation_config, then the defaults."""
         head_config = getattr(head, "generation_config", None)
         values = {}
-        for name, default in DEFAULT_TREE.items():
+        for name, default in {**DEFAULT_TREE, "lookup_tokens": DEFAULT_LOOKUP_TOKENS}.items():
             value = given.get(name)
             if value is None and head_config is not None:
                 value = getattr(head_config, name, None)
             values[name] = default if value is None else value
-        shape = cls(values["tree_top_k"], values["tree_depth"], values["tree_total_tokens"])
+        lookup = values.pop("lookup_tokens")
+        if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+            raise ValueError(f"lookup_tokens must be a non-negative integer (0 turns lookup drafts off), got {lookup!r}.")
         check_tree_numbers(**values)
-        return shape
+        return cls(values["tree_top_k"], values["tree_depth"], values["tree_total_tokens"], lookup)
 
 
 @torch.no_grad()
@@ -60,12 +68,14 @@ def fspad_generate(
     tree_top_k: int | None = None,
     tree_depth: int | None = None,
     tree_total_tokens: int | None = None,
+    lookup_tokens: int | None = None,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
     """Tree speculative decoding. Usable as `model.generate(..., strategy="fspad", assistant_model=head)`
     after `import hf_specdec`, or without the hook as `model.generate(..., custom_generate=fspad_generate,
-    draft_model=head)`."""
+    draft_model=head)`. `lookup_tokens`: the most nodes that lookup drafts (continuations copied from the
+    prompt and the output so far) add to each cycle's tree; 0 turns them off."""
     head = draft_model
     if head is None:
         raise ValueError(
@@ -78,16 +88,24 @@ def fspad_generate(
             "For an ordinary small draft LM use strategy='spechub' (sampling) or stock assisted generation (no strategy=)."
         )
     cache, padding, prompt = open_request("fspad", model, input_ids, generation_config, synced_gpus, model_kwargs)
-    shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens)
+    shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens,
+                              lookup_tokens=lookup_tokens)
     head.attach_target(model, tokenizer=tokenizer)
     stats = SpecDecodeStats()
     drafter = HeadDrafter(head, stats)
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
 
-    def grow(root, draft_state, cached):
+    index = SuffixIndex()
+
+    def grow(committed, draft_state, cached):
         log_probs, feature = draft_state
-        return grow_tree(drafter.expand(cached), root, log_probs, feature,
+        tree = grow_tree(drafter.expand(cached), committed[:, -1], log_probs, feature,
                          shape.top_k, shape.depth, shape.total_tokens, draft_to_target)
+        if not shape.lookup_tokens:
+            return tree
+        index.extend(committed[0, len(index.tokens):].tolist())
+        trie = lookup_trie(index, depth=shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
+        return graft(tree, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
 
     def verify(tree, scores):
         if generation_config.do_sample:

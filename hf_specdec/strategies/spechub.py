@@ -111,9 +111,9 @@ def spechub_generate(
         q = warpers(None, log_probs.float()).softmax(-1)
         return q if to_target is None else to_target(q)
 
-    def grow(root, draft_state, cached):
+    def grow(committed, draft_state, cached):
         log_probs, feature = draft_state
-        return grow_sampled_tree(drafter.expand(cached), draft_probs, rule.sample, root, log_probs, feature,
+        return grow_sampled_tree(drafter.expand(cached), draft_probs, rule.sample, committed[:, -1], log_probs, feature,
                                  width, depth, total, rule.distinct)
 
     def verify(tree, scores):

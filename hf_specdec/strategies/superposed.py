@@ -24,6 +24,7 @@ from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, St
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
+from ..compat import CACHE_KWARGS, cache_kwargs, given_cache
 from ..ngram import NgramTable
 from .common import check_model_kwargs
 
@@ -107,7 +108,8 @@ def check_request(generation_config: GenerationConfig, logits_processor, stoppin
     other = [type(c).__name__ for c in stopping_criteria
              if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria, MaxTimeCriteria))]
     if other:
-        raise ValueError(f"strategy='superposed' stops at max_new_tokens / EOS only; unsupported stopping criteria: "
+        raise ValueError(f"strategy='superposed' stops at max_new_tokens / max_length / EOS / max_time only; "
+                         f"unsupported stopping criteria: "
                          f"{', '.join(other)} (stop_strings too).")
 
 
@@ -146,10 +148,10 @@ def superposed_generate(
     if input_ids.shape[0] != 1:
         raise NotImplementedError(f"strategy='superposed' takes one prompt at a time (got {input_ids.shape[0]}).")
     check_model_kwargs("superposed", model_kwargs,
-                       {"attention_mask", "use_cache", "logits_to_keep", "past_key_values", "position_ids"})
-    given_cache = model_kwargs.get("past_key_values")
-    if given_cache is not None and given_cache.get_seq_length() > 0:
-        raise ValueError("strategy='superposed' starts from an empty cache; do not pass a filled past_key_values.")
+                       {"attention_mask", "use_cache", "logits_to_keep", "position_ids"} | CACHE_KWARGS)
+    given = given_cache(model_kwargs)
+    if given is not None and given.get_seq_length() > 0:
+        raise ValueError("strategy='superposed' starts from an empty cache; do not pass a filled cache.")
     mask = model_kwargs.get("attention_mask")
     if mask is not None and not bool(mask.all()):
         raise ValueError("strategy='superposed' takes one unpadded prompt: drop the padding.")
@@ -171,7 +173,7 @@ def superposed_generate(
         """The shared, truncated p_theta: (candidate tokens [m], log-probs [m])."""
         position = cache.get_seq_length()
         n = inputs["input_ids"].shape[1] if "input_ids" in inputs else 1
-        out = model(**inputs, past_key_values=cache, use_cache=True,
+        out = model(**inputs, **cache_kwargs(cache), use_cache=True,
                     position_ids=torch.arange(position, position + n, device=input_ids.device)[None])
         logits = out.logits[0, -1].float() / superposed_temperature
         top_logits, candidates = logits.topk(min(n_token_sample, logits.shape[-1]))
@@ -210,6 +212,9 @@ def superposed_generate(
         scores = total[best[keep_t]]
         if step + 1 == max_new or len(finished) >= k:
             break
+        # max_new_tokens and EOS are handled above; this is where max_time (or a max_length) stops the search.
+        if bool(stopping_criteria(torch.cat([input_ids.expand(alive.shape[0], -1), alive], 1), None).all()):
+            break
         mixture = superposed_embedding(embedding, alive[:, -1], scores)
         candidates, log_p_theta = next_log_probs(inputs_embeds=mixture)
 
@@ -224,4 +229,4 @@ def superposed_generate(
     if not generation_config.return_dict_in_generate:
         return sequences
     mean_scores = torch.tensor([s / max(d.numel(), 1) for d, s in ranked], device=input_ids.device)
-    return SuperposedOutput(sequences=sequences, sequences_scores=mean_scores, past_key_values=cache)
+    return SuperposedOutput(sequences=sequences, sequences_scores=mean_scores, **cache_kwargs(cache))

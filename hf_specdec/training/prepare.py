@@ -52,11 +52,21 @@ def load_target(name: str | None, dtype: torch.dtype, adapter: str | None = None
         except (OSError, ValueError):  # a folder without tokenizer files: fine for stored token ids
             tokenizer = None
     if adapter is not None:
-        from peft import PeftModel
+        PeftModel = require_training_extra("peft", "--adapter").PeftModel
 
         # Merged, so the head sees exactly the adapted model's features and can borrow its (adapted) weights.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
     return model, tokenizer
+
+
+def require_training_extra(module: str, what: str):
+    """Import one of the training extra's packages (peft, accelerate), or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"{what} needs `{module}`, part of the training extra: pip install 'hf_specdec[train]'.") from error
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -71,7 +81,7 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
 
 def distill_main(argv=None):
     p = argparse.ArgumentParser(prog="hf-specdec distill", description="Answer training prompts with the target.")
-    p.add_argument("--prompts", default="../shared/data/train_prompts.jsonl")
+    p.add_argument("--prompts", required=True, help="prompts JSONL (e.g. the training pool)")
     p.add_argument("--out", required=True, help="JSONL of {id, input_ids, loss_mask} (appended to; resumable)")
     add_target_arguments(p)
     p.add_argument("--per-source", type=int, default=None, help="take the first N prompts of each source")

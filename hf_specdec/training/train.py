@@ -157,12 +157,13 @@ def save_checkpoint(accelerator, out_dir: Path, state: dict, keep: int = 2) -> N
 @torch.enable_grad()  # whatever the caller's grad mode
 def train(args, target=None, tokenizer=None) -> Path:
     """Train (or resume) per `args` (see `build_parser`). `target`/`tokenizer` skip loading the target again."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     from ..draft import FSPADDraftModel
-    from .prepare import DTYPES, load_target
+    from .prepare import DTYPES, load_target, require_training_extra
+
+    accelerate = require_training_extra("accelerate", "hf-specdec train")
+    Accelerator, set_seed = accelerate.Accelerator, accelerate.utils.set_seed
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

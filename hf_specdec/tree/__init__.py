@@ -1,9 +1,16 @@
 """Draft trees: their structure, EAGLE-2 growth, attention masks (and the tree attention implementation) and
 KV-cache compaction."""
 
-from .attention import TREE_ATTENTION, register_tree_attention, tree_attention_for, tree_mask_for
+from .attention import (
+    TREE_ATTENTION,
+    check_tree_attention,
+    register_tree_attention,
+    tree_attention_for,
+    tree_mask_for,
+)
 from .cache import check_compactable, compact_cache, crop_cache
 from .growth import grow_sampled_tree, grow_tree
+from .merge import graft
 from .masks import pack_tree_mask, tree_attention_mask, tree_position_ids
 from .structure import DraftTree, SampledDraftTree
 
@@ -11,11 +18,13 @@ __all__ = [
     "DraftTree",
     "grow_tree",
     "grow_sampled_tree",
+    "graft",
     "SampledDraftTree",
     "tree_attention_mask",
     "pack_tree_mask",
     "tree_mask_for",
     "tree_attention_for",
+    "check_tree_attention",
     "TREE_ATTENTION",
     "register_tree_attention",
     "tree_position_ids",

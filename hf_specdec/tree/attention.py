@@ -65,6 +65,24 @@ def register_tree_attention() -> None:
     AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)
 
 
+# The attention implementations that apply a 4D mask as given. A tree mask is no padding mask: flash-attention
+# variants read a mask as padding (wrong attention or a crash), and flex_attention crashed the process on a
+# dense 4D mask (torch 2.13, CPU).
+TREE_MASK_IMPLEMENTATIONS = ("sdpa", "eager", TREE_ATTENTION)
+
+
+def check_tree_attention(model) -> None:
+    """Raise unless `model`'s attention implementation can take a tree mask."""
+    impl = model.config._attn_implementation
+    if impl not in TREE_MASK_IMPLEMENTATIONS:
+        raise ValueError(
+            "Tree speculative decoding (strategy='fspad' / 'spechub') attends with a 4D tree mask, which "
+            f"attn_implementation={impl!r} of {type(model).__name__} cannot take. Use one of "
+            f"{', '.join(map(repr, TREE_MASK_IMPLEMENTATIONS))}: load it with attn_implementation='sdpa' or call "
+            "model.set_attn_implementation('sdpa')."
+        )
+
+
 def tree_mask_for(model, ancestors: torch.Tensor, prefix_len: int) -> torch.Tensor:
     """The tree mask in the form `model`'s attention implementation takes: packed for tree attention, dense
     additive otherwise."""

@@ -1,0 +1,131 @@
+"""Calibrate the lookup drafts' acceptance estimates (hf_specdec.lookup) on the target's own greedy answers to
+training-pool prompts held out from head training, and print the reliability table (predicted vs observed).
+
+    hf-specdec calibrate-lookup --prompts ../shared/data/train_prompts.jsonl --skip-per-source 800 --per-source 6
+
+Teacher-forced: at every answer position the committed text is the prompt plus the answer so far, the lookup
+trie is built as decoding builds it, and a node counts as accepted when its path is the answer's continuation
+(what greedy verification accepts). With raw frequencies f (count / M at depth 1, count(child) / count(parent)
+deeper), the fitted a_n = sum(accepted) / sum(f) over depth-1 nodes and g_n = sum(accepted) / sum(f) over
+deeper nodes whose parent was accepted: estimates that are right on average per match length n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ..lookup import LOOKUP_CALIBRATION, SuffixIndex, lookup_trie
+
+BINS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
+
+
+def held_out_prompts(path, skip_per_source: int, per_source: int) -> list[str]:
+    """Rows skip+1 .. skip+per_source of each source of a prompt pool (training took the first rows)."""
+    seen, out = defaultdict(int), []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        seen[row["source"]] += 1
+        if skip_per_source < seen[row["source"]] <= skip_per_source + per_source and len(row["prompt"]) < 4000:
+            out.append(row["prompt"])
+    return out
+
+
+def node_records(sequence: list[int], answer_start: int, depth: int, max_matches: int) -> list[tuple]:
+    """One record per lookup trie node at every answer position of `sequence`: (match length n, depth, raw
+    frequency f, index of the parent's record or -1, accepted)."""
+    ones = {n: (1.0, 1.0) for n in LOOKUP_CALIBRATION}
+    index = SuffixIndex()
+    index.extend(sequence[:answer_start])
+    records = []
+    for t in range(answer_start, len(sequence)):
+        trie = lookup_trie(index, depth, max_matches, calibration=ones)
+        truth = sequence[t : t + depth]
+        first = len(records)  # trie node i is record first + i
+        for node, (token, parent) in enumerate(zip(trie.tokens, trie.parents)):
+            up = first + parent if parent >= 0 else -1
+            d = 1 if up < 0 else records[up][1] + 1
+            ok = (up < 0 or records[up][4]) and d <= len(truth) and truth[d - 1] == token
+            f = trie.estimates[node] if up < 0 else trie.estimates[node] / trie.estimates[parent]
+            records.append((trie.match_length, d, f, up, ok))
+        index.extend([sequence[t]])
+    return records
+
+
+def fit(records) -> dict[int, tuple[float, float]]:
+    """a_n, g_n per match length (module docstring)."""
+    sums = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # n -> [accepted at depth 1, f, accepted deeper, f]
+    for n, d, f, up, ok in records:
+        if up < 0:
+            sums[n][0] += ok
+            sums[n][1] += f
+        elif records[up][4]:
+            sums[n][2] += ok
+            sums[n][3] += f
+    fitted = {}
+    for n in sorted(LOOKUP_CALIBRATION):
+        acc1, f1, acc2, f2 = sums.get(n, [0.0] * 4)
+        a = acc1 / f1 if f1 else LOOKUP_CALIBRATION[n][0]
+        g = acc2 / f2 if f2 else LOOKUP_CALIBRATION[n][1]
+        fitted[n] = (round(min(a, 1.0), 3), round(min(g, 1.0), 3))
+    return fitted
+
+
+def estimates(records, calibration) -> list[float]:
+    """Each node's P(accepted) estimate (hf_specdec.lookup's formula) from its raw frequencies."""
+    out = []
+    for n, d, f, up, ok in records:
+        a, g = calibration[min(n, max(calibration))]
+        out.append(a * f if up < 0 else out[up] * g * f)
+    return out
+
+
+def reliability(records, calibration) -> list[dict]:
+    """Predicted P(node accepted) against the observed share of accepted nodes, binned by prediction."""
+    rows = defaultdict(lambda: [0, 0.0, 0])
+    for est, record in zip(estimates(records, calibration), records):
+        b = next(i for i in range(len(BINS) - 1) if est < BINS[i + 1])
+        rows[b][0] += 1
+        rows[b][1] += est
+        rows[b][2] += record[4]
+    return [{"bin": f"{BINS[b]:.2f}-{min(BINS[b + 1], 1):.2f}", "nodes": c, "predicted": s / c, "observed": o / c}
+            for b, (c, s, o) in sorted(rows.items())]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="hf-specdec calibrate-lookup", description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", required=True, help="the training prompt pool (JSONL with source, prompt)")
+    ap.add_argument("--skip-per-source", type=int, default=800, help="rows of each source that training may have used")
+    ap.add_argument("--per-source", type=int, default=6)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--max-matches", type=int, default=8)
+    ap.add_argument("--out", default="bench_results/lookup_calibration.json")
+    args = ap.parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from ..default_model import default_target
+
+    target, tok = default_target()
+    records = []
+    prompts = held_out_prompts(args.prompts, args.skip_per_source, args.per_source)
+    for prompt in tqdm(prompts, desc="answers"):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+        records += node_records(out[0].tolist(), ids.shape[1], args.depth, args.max_matches)
+    fitted = fit(records)
+    table = reliability(records, fitted)
+    print(f"{len(prompts)} held-out pool prompts, {len(records)} lookup nodes")
+    print("fitted (match length n: a_n, g_n):", fitted)
+    print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
+    for r in table:
+        print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": vars(args), "fitted": fitted, "reliability": table}, indent=1))
+    return 0
