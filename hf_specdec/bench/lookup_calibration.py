@@ -27,7 +27,7 @@ BINS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
 def held_out_prompts(path, skip_per_source: int, per_source: int) -> list[str]:
     """Rows skip+1 .. skip+per_source of each source of a prompt pool (training took the first rows)."""
     seen, out = defaultdict(int), []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in open(path, encoding="utf-8"):  # not str.splitlines: prompts may hold U+2028
         row = json.loads(line)
         seen[row["source"]] += 1
         if skip_per_source < seen[row["source"]] <= skip_per_source + per_source and len(row["prompt"]) < 4000:
@@ -35,13 +35,14 @@ def held_out_prompts(path, skip_per_source: int, per_source: int) -> list[str]:
     return out
 
 
-def node_records(sequence: list[int], answer_start: int, depth: int, max_matches: int) -> list[tuple]:
-    """One record per lookup trie node at every answer position of `sequence`: (match length n, depth, raw
-    frequency f, index of the parent's record or -1, accepted)."""
+def node_records(sequence: list[int], answer_start: int, depth: int, max_matches: int,
+                 records: list[tuple] | None = None) -> list[tuple]:
+    """Append to `records` one record per lookup trie node at every answer position of `sequence`: (match
+    length n, depth, raw frequency f, index of the parent's record in `records` or -1, accepted)."""
     ones = {n: (1.0, 1.0) for n in LOOKUP_CALIBRATION}
     index = SuffixIndex()
     index.extend(sequence[:answer_start])
-    records = []
+    records = [] if records is None else records
     for t in range(answer_start, len(sequence)):
         trie = lookup_trie(index, depth, max_matches, calibration=ones)
         truth = sequence[t : t + depth]
@@ -118,7 +119,7 @@ def main(argv=None):
                                       return_tensors="pt", return_dict=True)["input_ids"]
         with torch.no_grad():
             out = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
-        records += node_records(out[0].tolist(), ids.shape[1], args.depth, args.max_matches)
+        node_records(out[0].tolist(), ids.shape[1], args.depth, args.max_matches, records)
     fitted = fit(records)
     table = reliability(records, fitted)
     print(f"{len(prompts)} held-out pool prompts, {len(records)} lookup nodes")

@@ -87,7 +87,18 @@ def parse_method(name: str) -> tuple[str, dict]:
     """'stock', 'pld', 'fspad', 'eagle2', or a head method with a tree shape: 'fspad@top_k,depth,total_tokens';
     or a multi-draft rule on a tree of sampled children: 'spechub@N', 'rrs@N', 'rrsw@N' (N tree tokens, root
     included; two children per node, the depth of the smallest full binary tree holding N), or '...@N,W' with
-    W children per node."""
+    W children per node. A head method may end with '/lookup=N' (lookup_tokens=N; 0: the head alone)."""
+    name, _, lookup = name.partition("/lookup=")
+    extra = {}
+    if lookup:
+        if not lookup.isdigit() or name.partition("@")[0] not in ("fspad", "eagle2"):
+            raise ValueError(f"Method {name}/lookup={lookup}: '/lookup=N' (N >= 0) follows fspad or eagle2 only.")
+        extra = {"lookup_tokens": int(lookup)}
+    base, tree_kwargs = _parse_base(name)
+    return base, {**tree_kwargs, **extra}
+
+
+def _parse_base(name: str) -> tuple[str, dict]:
     base, _, tree = name.partition("@")
     if base in MULTIDRAFT:
         try:
@@ -103,7 +114,7 @@ def parse_method(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:

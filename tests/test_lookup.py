@@ -1,0 +1,158 @@
+"""Lookup drafts: the suffix index and trie by hand, grafting onto the head's tree, and strategy="fspad" with
+lookup nodes in its trees: token-identical to stock greedy (float32) and exactly the target's distribution
+when sampling."""
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from hf_specdec import FSPADDraftModel
+from hf_specdec.lookup import SuffixIndex, lookup_trie
+from hf_specdec.tree import DraftTree, graft
+
+from conftest import chi_square_pvalue, exact_sequence_probs, oracle_head, tiny_target
+
+ONES = {n: (1.0, 1.0) for n in (1, 2, 3, 4)}
+
+
+def test_longest_match_finds_every_earlier_occurrence():
+    index = SuffixIndex(max_n=3)
+    index.extend([1, 2, 3, 4, 2, 3, 5, 2, 3])
+    assert index.longest_match() == (2, [5, 2])  # "2 3" ended at 5 and 2 before; most recent first
+    index.extend([5])
+    assert index.longest_match() == (3, [6])  # "2 3 5"
+    index.extend([9])
+    assert index.longest_match() == (0, [])
+    incremental = SuffixIndex(max_n=3)
+    for token in [1, 2, 3, 4, 2, 3, 5, 2, 3, 5, 9]:
+        incremental.extend([token])
+    assert incremental.ends == index.ends
+
+
+def test_trie_counts_and_estimates_by_hand():
+    index = SuffixIndex(max_n=2)
+    index.extend([7, 1, 4, 5, 7, 1, 4, 6, 7, 1, 8, 7, 1])
+    trie = lookup_trie(index, depth=2, calibration={1: (0.5, 0.8), 2: (0.6, 0.9)})
+    assert trie.match_length == 2  # "7 1", three times before
+    # continuations (most recent first): [8, 7], [4, 6], [4, 5]
+    assert trie.tokens == [8, 7, 4, 6, 5] and trie.parents == [-1, 0, -1, 2, 2]
+    assert trie.estimates == pytest.approx([0.6 / 3, 0.6 / 3 * 0.9, 0.6 * 2 / 3, 0.6 * 2 / 3 * 0.9 / 2,
+                                            0.6 * 2 / 3 * 0.9 / 2])
+    # deeper estimates never exceed their parent's
+    assert all(trie.estimates[i] <= trie.estimates[p] for i, p in enumerate(trie.parents) if p >= 0)
+
+
+def test_graft_shares_paths_and_adds_the_best_new_nodes():
+    # head tree: root 3 -> 9 -> 7, root -> 4
+    tree = DraftTree.from_parents(torch.tensor([[3, 9, 4, 7]]), torch.tensor([[-1, 0, 0, 1]]))
+    # lookup: 9 -> 7 -> 1 (shared, shared, new), 4 -> 5 (shared, new), 6 (new)
+    tokens, parents, est = [9, 7, 1, 4, 5, 6], [-1, 0, 1, -1, 3, -1], [0.9, 0.8, 0.7, 0.5, 0.2, 0.3]
+    out = graft(tree, tokens, parents, est, max_new=2)
+    assert out.tokens[0].tolist() == [3, 9, 4, 7, 1, 6] and out.parents[0].tolist() == [-1, 0, 0, 1, 3, 0]
+    everything = graft(tree, tokens, parents, est, max_new=10)
+    pairs = list(zip(everything.parents[0].tolist(), everything.tokens[0].tolist()))
+    assert len(pairs) == len(set(pairs)) == 7  # no node twice
+    assert graft(tree, tokens, parents, est, max_new=0) is tree
+    # a chain that is new from its first node on keeps its parents before its children
+    chain = graft(tree, [8, 8, 8], [-1, 0, 1], [0.5, 0.4, 0.3], max_new=3)
+    assert chain.parents[0].tolist() == [-1, 0, 0, 1, 0, 4, 5] and chain.depths[0].tolist()[-3:] == [1, 2, 3]
+
+
+def repetitive(vocab, seed, period=5, repeats=3):
+    gen = torch.Generator().manual_seed(seed)
+    unit = torch.randint(1, vocab, (period,), generator=gen)
+    return unit.repeat(repeats)[None]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("lookup_tokens", [1, 4, 16])
+def test_greedy_with_lookup_matches_stock(family, lookup_tokens):
+    target = tiny_target(family, seed=3)
+    head = FSPADDraftModel.from_target(target)
+    gen = torch.Generator().manual_seed(lookup_tokens)
+    prompts = [torch.randint(1, 128, (1, 9), generator=gen), repetitive(128, lookup_tokens)]
+    for ids in prompts:
+        ref = target.generate(ids, max_new_tokens=30, do_sample=False)
+        out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=30,
+                              lookup_tokens=lookup_tokens, tree_top_k=2, tree_depth=2, tree_total_tokens=4)
+        assert torch.equal(out, ref)
+
+
+def test_long_lookup_chains_are_accepted():
+    """A target that repeats itself: an untrained head drafts nothing useful, lookup drafts whole periods.
+    Without layers the next token depends on the last one only, so the greedy text ends in a cycle."""
+    target = tiny_target(seed=3, num_hidden_layers=0)
+    target.generation_config.eos_token_id = None
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(target)
+    ids = torch.tensor([[3, 7]])
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False)
+    assert len(set(ref[0, -24:].tolist())) <= 12  # a cycle of 11 tokens (by construction of this seed)
+    kwargs = dict(assistant_model=head, strategy="fspad", max_new_tokens=40, return_dict_in_generate=True,
+                  tree_top_k=2, tree_depth=2, tree_total_tokens=4)
+    on = target.generate(ids, lookup_tokens=8, **kwargs)
+    off = target.generate(ids, lookup_tokens=0, **kwargs)
+    assert torch.equal(on.sequences, ref) and torch.equal(off.sequences, ref)
+    assert max(on.spec_stats.accepted_lengths) > 3  # deeper than the head's depth-2 tree + bonus can reach
+    assert on.spec_stats.tau > off.spec_stats.tau
+
+
+@pytest.mark.parametrize("max_new_tokens", [3, 7, 11])
+def test_eos_and_max_new_tokens_inside_a_lookup_chain(max_new_tokens):
+    target = tiny_target(seed=3)
+    head = FSPADDraftModel.from_target(target)
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5]])
+    free = target.generate(ids, max_new_tokens=30, do_sample=False)
+    eos = int(free[0, ids.shape[1] + max_new_tokens - 1])
+    for kwargs in (dict(max_new_tokens=max_new_tokens), dict(max_new_tokens=30, eos_token_id=eos)):
+        ref = target.generate(ids, do_sample=False, **kwargs)
+        # the oracle head and lookup propose the same tokens: shared nodes, verified once
+        for draft in (head, oracle_head(target, free)):
+            out = target.generate(ids, assistant_model=draft, strategy="fspad", lookup_tokens=8, **kwargs)
+            assert torch.equal(out, ref)
+
+
+def test_lookup_tokens_from_the_head_config_and_bad_values(llama):
+    head = FSPADDraftModel.from_target(llama)
+    ids = torch.tensor([[4, 5, 4, 5, 4]])
+    head.generation_config = GenerationConfig(lookup_tokens=0)
+    off = llama.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=8, return_dict_in_generate=True)
+    head.generation_config = None
+    on = llama.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=8, return_dict_in_generate=True)
+    assert torch.equal(on.sequences, off.sequences)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="lookup_tokens must be a non-negative integer"):
+            llama.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=3, lookup_tokens=bad)
+
+
+VOCAB, NEW = 6, 3
+
+
+def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch):
+    import hf_specdec.strategies.fspad as fspad_module
+
+    target = tiny_target(vocab_size=VOCAB, seed=21, initializer_range=0.5)
+    target.generation_config.eos_token_id = None
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2]])  # every suffix occurred before: lookup drafts each cycle
+    torch.manual_seed(4)
+    head = FSPADDraftModel.from_target(target)
+    grafted = []
+    real_graft = fspad_module.graft
+
+    def counting_graft(tree, *args):
+        out = real_graft(tree, *args)
+        grafted.append(out.num_nodes - tree.num_nodes)
+        return out
+
+    monkeypatch.setattr(fspad_module, "graft", counting_graft)
+    gen_kwargs = {"temperature": 1.0}
+    probs = exact_sequence_probs(target, ids, gen_kwargs, VOCAB, NEW)
+    torch.manual_seed(0)
+    counts, draws = {}, 1500
+    for _ in range(draws):
+        out = target.generate(ids, assistant_model=head, strategy="fspad", do_sample=True, max_new_tokens=NEW,
+                              tree_top_k=2, tree_depth=1, tree_total_tokens=3, lookup_tokens=3, **gen_kwargs)
+        key = tuple(out[0, ids.shape[1]:].tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert sum(grafted) > draws  # lookup nodes were in the trees
+    assert chi_square_pvalue(counts, probs, draws) > 1e-3
