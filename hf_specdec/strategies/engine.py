@@ -90,9 +90,13 @@ def choose_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
 
 
 def open_request(strategy: str, model, input_ids, generation_config: GenerationConfig, synced_gpus: bool,
-                 model_kwargs: dict, extra_options: set[str] = frozenset()):
-    """Checks shared by the tree strategies; returns (cache, left padding, unpadded prompt)."""
+                 model_kwargs: dict, draft=None, extra_options: set[str] = frozenset()):
+    """Checks shared by the tree strategies (the target's and the draft's among them); returns (cache, left
+    padding, unpadded prompt)."""
     check_generation_config(strategy, generation_config)
+    for network in (model, draft):
+        if network is not None:
+            check_tree_attention(network)
     if input_ids.shape[0] != 1:
         raise NotImplementedError(
             f"strategy={strategy!r} supports batch size 1 for now (got {input_ids.shape[0]}); "
@@ -127,8 +131,6 @@ def run_tree_decoding(
 ):
     """The decoding loop (module docstring). `verify` gets the target's processed scores [1, N, V]. Where the
     Triton kernels serve (hf_specdec.accel), target and draft attend with the tree attention kernel."""
-    for network in (model, drafter.model):
-        check_tree_attention(network)
     with tree_attention_for(model, drafter.model):
         return _decode(model, prompt, padding, cache, drafter, grow, verify, logits_processor, stopping_criteria,
                        generation_config, streamer, stats)

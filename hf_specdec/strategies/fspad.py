@@ -14,9 +14,10 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 
 from ..draft import FSPADDraftModel
 from ..lookup import SuffixIndex, lookup_trie
-from ..tree import graft, grow_tree
+from ..tree import CostCurve, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
+from .calibration import cost_curve_for
 from .drafters import HeadDrafter
 from .engine import open_request, run_tree_decoding, target_forward  # noqa: F401  (target_forward: re-export)
 
@@ -26,6 +27,10 @@ DEFAULT_TREE = {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16}
 # The most nodes lookup drafts (hf_specdec.lookup) add to a cycle's tree; measured (README, "Lookup drafts").
 DEFAULT_LOOKUP_TOKENS = 8
 LOOKUP_MATCHES = 8  # occurrences of the matched suffix whose continuations are merged
+# Cost-sized trees (no tree shape given to generate): the head grows at most this deep and keeps at most this
+# many candidates (root included); the cost model picks how deep it drafts and how many nodes are verified.
+AUTO_MAX_DEPTH = 6
+AUTO_MAX_NODES = 32
 
 
 @dataclass(frozen=True)
@@ -69,13 +74,19 @@ def fspad_generate(
     tree_depth: int | None = None,
     tree_total_tokens: int | None = None,
     lookup_tokens: int | None = None,
+    cost_curve: CostCurve | None = None,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
     """Tree speculative decoding. Usable as `model.generate(..., strategy="fspad", assistant_model=head)`
     after `import hf_specdec`, or without the hook as `model.generate(..., custom_generate=fspad_generate,
     draft_model=head)`. `lookup_tokens`: the most nodes that lookup drafts (continuations copied from the
-    prompt and the output so far) add to each cycle's tree; 0 turns them off."""
+    prompt and the output so far) add to each cycle's tree; 0 turns them off.
+
+    Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
+    (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
+    another head step cannot pay for itself, and the nodes verified are the count that maximises expected
+    tokens per second (down to a plain decoding step). A tree shape given to generate means a fixed tree."""
     head = draft_model
     if head is None:
         raise ValueError(
@@ -87,7 +98,8 @@ def fspad_generate(
             f"strategy='fspad' needs an FSPADDraftModel as assistant_model, got {type(head).__name__}. "
             "For an ordinary small draft LM use strategy='spechub' (sampling) or stock assisted generation (no strategy=)."
         )
-    cache, padding, prompt = open_request("fspad", model, input_ids, generation_config, synced_gpus, model_kwargs)
+    cache, padding, prompt = open_request("fspad", model, input_ids, generation_config, synced_gpus, model_kwargs,
+                                          draft=head)
     shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens,
                               lookup_tokens=lookup_tokens)
     head.attach_target(model, tokenizer=tokenizer)
@@ -96,16 +108,40 @@ def fspad_generate(
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
 
     index = SuffixIndex()
+    sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
+    if sized:
+        curve = cost_curve if cost_curve is not None else cost_curve_for(model, head)
+        depth, total = AUTO_MAX_DEPTH, AUTO_MAX_NODES
+    else:
+        depth, total = shape.depth, shape.total_tokens
 
     def grow(committed, draft_state, cached):
         log_probs, feature = draft_state
-        tree = grow_tree(drafter.expand(cached), committed[:, -1], log_probs, feature,
-                         shape.top_k, shape.depth, shape.total_tokens, draft_to_target)
-        if not shape.lookup_tokens:
-            return tree
-        index.extend(committed[0, len(index.tokens):].tolist())
-        trie = lookup_trie(index, depth=shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
-        return graft(tree, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
+        trie = None
+        if shape.lookup_tokens:
+            index.extend(committed[0, len(index.tokens):].tolist())
+            trie = lookup_trie(index, depth=shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
+        should_expand = None
+        if sized:
+            lookup_best = sorted(trie.estimates, reverse=True)[: shape.lookup_tokens] if trie else []
+
+            def should_expand(level, candidate_scores, frontier_scores):
+                # head steps so far: the catch-up and level - 1 expansions
+                spent = curve.overhead_ms + level * curve.head_step_ms
+                head_best = candidate_scores[0].topk(min(total - 1, candidate_scores.shape[1])).values.exp().tolist()
+                _, rate = best_tree_size(sorted(head_best + lookup_best, reverse=True), curve, spent)
+                return expansion_pays(rate, float(frontier_scores[0].exp().sum()), curve.head_step_ms)
+
+        steps_before = stats.draft_forwards
+        tree = grow_tree(drafter.expand(cached), committed[:, -1], log_probs, feature, shape.top_k, depth, total,
+                         draft_to_target, should_expand)
+        if trie is not None:
+            tree = graft(tree, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
+        if sized:  # the catch-up and the expansions of this cycle are spent; choose how much to verify
+            spent = curve.overhead_ms + (1 + stats.draft_forwards - steps_before) * curve.head_step_ms
+            keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve, spent)
+            tree = prune_tree(tree, keep)
+        return tree
 
     def verify(tree, scores):
         if generation_config.do_sample:

@@ -94,7 +94,8 @@ def spechub_generate(
             "strategy='spechub' needs a draft: pass assistant_model= an FSPAD head (e.g. "
             "hf_specdec.default_draft(model, tokenizer)) or a small causal LM with the target's tokenizer."
         )
-    cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs)
+    cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs,
+                                          draft=draft_model)
     stats = SpecDecodeStats()
     if isinstance(draft_model, FSPADDraftModel):
         draft_model.attach_target(model, tokenizer=tokenizer)

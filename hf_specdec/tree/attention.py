@@ -72,8 +72,11 @@ TREE_MASK_IMPLEMENTATIONS = ("sdpa", "eager", TREE_ATTENTION)
 
 
 def check_tree_attention(model) -> None:
-    """Raise unless `model`'s attention implementation can take a tree mask."""
-    impl = model.config._attn_implementation
+    """Raise unless `model`'s attention implementation can take a tree mask (objects without a transformers
+    config are left to the strategies' own type checks)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl is None:
+        return
     if impl not in TREE_MASK_IMPLEMENTATIONS:
         raise ValueError(
             "Tree speculative decoding (strategy='fspad' / 'spechub') attends with a 4D tree mask, which "

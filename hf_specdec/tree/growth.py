@@ -27,12 +27,16 @@ def grow_tree(
     depth: int,
     total_tokens: int,
     draft_to_target: torch.Tensor | None = None,
+    should_expand: Callable[[int, torch.Tensor, torch.Tensor], bool] | None = None,
 ) -> DraftTree:
     """Grow one EAGLE-2 tree per batch row.
 
     root_tokens [B]; root_log_probs [B, V] (the draft's next-token log-probs after the root);
     root_features [B, H] (the draft's feature fed to the root's children). Node budget: total_tokens (root
-    included). Returns the kept nodes in creation order.
+    included). `should_expand(level, candidate log-scores [B, C], frontier log-scores [B, k])`, when given,
+    is asked before each head step and ends the growth when it says no. Returns the kept nodes in creation
+    order, with their path probabilities exp(cumulative draft log-probability) as estimates (EAGLE-2's
+    confidence, a usable estimate of P(accepted)).
     """
     B = root_tokens.shape[0]
     device = root_tokens.device
@@ -51,6 +55,8 @@ def grow_tree(
     frontier_parent_slots = torch.full((B, k), -1, dtype=torch.long, device=device)
 
     for level in range(1, depth):
+        if should_expand is not None and not should_expand(level, torch.cat(cand_scores, 1), frontier_scores):
+            break
         # Ancestors of the k new slots: their parent's ancestors plus themselves.
         S = slot_ancestors.shape[1]
         padded = torch.nn.functional.pad(slot_ancestors, (0, k))  # [B, S, S + k]
@@ -92,7 +98,8 @@ def grow_tree(
     parents = torch.where(kept_parents >= 0, node_of_cand.gather(1, kept_parents.clamp(min=0)), 0)
     tokens = torch.cat([root_tokens[:, None], to_target(all_tokens.gather(1, kept))], dim=1)
     parents = torch.cat([torch.full((B, 1), -1, dtype=torch.long, device=device), parents], dim=1)
-    return DraftTree.from_parents(tokens, parents)
+    estimates = torch.cat([torch.ones(B, 1, device=device), all_scores.gather(1, kept).exp()], dim=1)
+    return DraftTree.from_parents(tokens, parents, estimates)
 
 
 # draw(q [M, V], m) -> children [M, m]: m children per row drawn from the draft probabilities q.

@@ -20,6 +20,7 @@ def graft(tree: DraftTree, tokens: list[int], parents: list[int], estimates: lis
     if max_new <= 0 or not tokens:
         return tree
     tree_tokens, tree_parents = tree.tokens[0].tolist(), tree.parents[0].tolist()
+    tree_est = tree.estimates[0].tolist() if tree.estimates is not None else [1.0] * len(tree_tokens)
     child_of = {(p, t): i for i, (p, t) in enumerate(zip(tree_parents, tree_tokens)) if p >= 0}
     # Which draft nodes the tree already has (their tree node), and which would be new.
     in_tree: list[int | None] = []
@@ -30,6 +31,8 @@ def graft(tree: DraftTree, tokens: list[int], parents: list[int], estimates: lis
         in_tree.append(shared)
         if shared is None:
             new.append(i)
+        else:  # one node, two drafts: the better estimate (still never above its parent's)
+            tree_est[shared] = max(tree_est[shared], estimates[i])
     chosen = set()
     for i in sorted(new, key=lambda i: (-estimates[i], i)):
         if len(chosen) == max_new:
@@ -37,12 +40,15 @@ def graft(tree: DraftTree, tokens: list[int], parents: list[int], estimates: lis
         if parents[i] < 0 or in_tree[parents[i]] is not None or parents[i] in chosen:
             chosen.add(i)
     if not chosen:
-        return tree
+        return tree if tree.estimates is None else DraftTree.from_parents(
+            tree.tokens, tree.parents, torch.tensor([tree_est], device=tree.tokens.device))
     node_of = {}
     for i in sorted(chosen):  # draft order: parents first
         parent = parents[i]
         tree_parents.append(0 if parent < 0 else (in_tree[parent] if in_tree[parent] is not None else node_of[parent]))
         node_of[i] = len(tree_tokens)
         tree_tokens.append(tokens[i])
+        tree_est.append(estimates[i])
     device = tree.tokens.device
-    return DraftTree.from_parents(torch.tensor([tree_tokens], device=device), torch.tensor([tree_parents], device=device))
+    return DraftTree.from_parents(torch.tensor([tree_tokens], device=device), torch.tensor([tree_parents], device=device),
+                                  torch.tensor([tree_est], device=device))

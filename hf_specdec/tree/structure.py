@@ -15,19 +15,22 @@ class DraftTree:
     parents   [B, N] index of each node's parent (-1 for the root); parents[b, i] < i
     depths    [B, N] 0 for the root, parent's depth + 1 otherwise
     ancestors [B, N, N] bool, ancestors[b, i, j]: node j is node i or one of its ancestors
+    estimates [B, N] or None: each node's estimated P(accepted) (1 for the root), where the drafter gives one
     """
 
     tokens: torch.Tensor
     parents: torch.Tensor
     depths: torch.Tensor
     ancestors: torch.Tensor
+    estimates: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
         return self.tokens.shape[1]
 
     @classmethod
-    def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor) -> "DraftTree":
+    def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor,
+                     estimates: torch.Tensor | None = None) -> "DraftTree":
         """Build depths and the ancestor closure from a parent array (parents before children)."""
         B, N = tokens.shape
         eye = torch.eye(N, dtype=torch.bool, device=tokens.device).expand(B, N, N)
@@ -43,7 +46,7 @@ class DraftTree:
                 break
             ancestors = new
         depths = ancestors.sum(-1) - 1
-        return cls(tokens=tokens, parents=parents, depths=depths, ancestors=ancestors)
+        return cls(tokens=tokens, parents=parents, depths=depths, ancestors=ancestors, estimates=estimates)
 
     def path_tokens(self) -> torch.Tensor:
         """[B, N, D] tokens along each node's path from depth 1 to its own depth (0-padded), D = max depth."""

@@ -1,0 +1,139 @@
+"""The machine's own costs for tree sizing (tree/sizing.py): measured once per (target, head, device, dtype,
+threads) in a few seconds, cached on disk, refreshable.
+
+    hf-specdec calibrate [--model ...] [--refresh]      # measure (or show the cached curve)
+
+Measured: one target forward over N tree tokens after a 256-token prefix, for N in VERIFY_SIZES, and one head
+expansion step of 4 nodes; medians of interleaved rounds. The engine's own host work per cycle is not in
+them; OVERHEAD_MS stands for it (`hf-specdec overhead` measures it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from ..default_model import cache_dir
+from ..tree import CostCurve, DraftTree, crop_cache, tree_mask_for, tree_position_ids
+from .common import SpecDecodeStats
+from .drafters import HeadDrafter
+from .engine import target_forward
+
+logger = logging.getLogger(__name__)
+
+VERIFY_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48)
+PREFIX = 256
+ROUNDS = 5
+OVERHEAD_MS = 2.0  # host time of one cycle beyond forwards and head steps (order of `hf-specdec overhead`, CPU)
+
+_MEMORY: dict[str, CostCurve] = {}
+
+
+def cost_key(model, head) -> str:
+    """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
+    parts = [model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
+             str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
+             model.config._attn_implementation]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
+@torch.no_grad()
+def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds: int = ROUNDS) -> CostCurve:
+    """Time verification forwards and a head step on random tokens (costs do not depend on the text)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(0)).to(model.device)
+    cache = DynamicCache(config=model.config)
+    features, _ = target_forward(model, ids, cache, torch.arange(prefix, device=model.device)[None])
+    drafter = HeadDrafter(head, SpecDecodeStats())
+    drafter.catch_up(ids, features, 0)  # `prefix` head positions, as before a tree rooted after them
+    jobs = {}
+    for n in sizes:
+        parents = torch.tensor([[-1] + [max(0, i - 4) for i in range(1, n)]], device=model.device)
+        tree = DraftTree.from_parents(ids[:, :n], parents)
+        mask, positions = tree_mask_for(model, tree.ancestors, prefix), tree_position_ids(tree.depths, prefix)
+
+        def verify(tree=tree, mask=mask, positions=positions):
+            target_forward(model, tree.tokens, cache, positions, mask)
+            crop_cache(cache, prefix)
+
+        jobs[n] = verify
+    expand = drafter.expand(prefix)
+    k = 4
+    ancestors = torch.eye(k, dtype=torch.bool, device=model.device)[None]
+
+    def head_step():
+        expand(ids[:, :k], features[:, :k], ancestors, 1)
+        crop_cache(drafter.cache, prefix)
+
+    jobs["head"] = head_step
+    for fn in jobs.values():
+        fn()  # warm-up
+    samples = {key: [] for key in jobs}
+    for _ in range(rounds):
+        for key, fn in jobs.items():
+            samples[key].append(_timed(fn))
+    verify_ms = [statistics.median(samples[n]) for n in sizes]
+    for i in range(1, len(verify_ms)):  # a larger tree never costs less (timing noise aside)
+        verify_ms[i] = max(verify_ms[i], verify_ms[i - 1])
+    return CostCurve(tuple(sizes), tuple(verify_ms), statistics.median(samples["head"]), OVERHEAD_MS)
+
+
+def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:
+    """The cached curve for this (target, head, device, dtype, threads), measured on first use."""
+    key = cost_key(model, head)
+    if key in _MEMORY and not refresh:
+        return _MEMORY[key]
+    path = cache_dir() / "costs" / f"{key}.json"
+    if path.is_file() and not refresh:
+        curve = CostCurve.from_dict(json.loads(path.read_text()))
+    else:
+        logger.warning("hf_specdec: measuring this machine's verification and head-step costs once (a few "
+                       "seconds; cached in %s)", path)
+        curve = measure_costs(model, head)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(curve.to_dict(), indent=1))
+    _MEMORY[key] = curve
+    return curve
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="hf-specdec calibrate", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="target folder or id (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--refresh", action="store_true", help="measure again even if a cached curve exists")
+    args = ap.parse_args(argv)
+    from ..draft import FSPADDraftModel
+    from ..heads import default_draft
+    from ..training.prepare import load_target
+
+    model, tok = load_target(args.model, getattr(torch, args.dtype))
+    head = (FSPADDraftModel.from_pretrained(args.draft, dtype=model.dtype).attach_target(model, tok) if args.draft
+            else default_draft(model, tok))
+    curve = cost_curve_for(model, head, refresh=args.refresh)
+    print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads), "
+          f"cached as {cache_dir() / 'costs' / (cost_key(model, head) + '.json')}")
+    print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
+    print("|---" * (len(curve.sizes) + 1) + "|")
+    print("| verify ms | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
+    print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms; engine overhead assumed {curve.overhead_ms:.1f} ms")
+    return 0

@@ -1,0 +1,83 @@
+"""Trees sized by the machine's own costs (research/drafting.md section 3).
+
+A cycle that verifies N tree tokens (root included) after spending `fixed_ms` on drafting emits, in
+expectation, 1 + sum of P(accepted) over its N - 1 draft nodes (the bonus token included), in
+fixed_ms + c(N) ms, c the measured cost of one target forward over N tree tokens. Every function here is pure:
+node estimates and a cost curve in, a size or a decision out.
+
+    rate(N)      = (1 + sum_{i < N} e_(i)) / (fixed_ms + c(N))     e_(1) >= e_(2) >= ... the node estimates
+    N*           = argmax_N rate(N)                                 (N = 1: a plain decoding step)
+    expand again iff  sum of the frontier's estimates / h  >  rate(N*)    h: one head step
+(a child is accepted only with its parent, so the next level adds at most the frontier's estimate mass).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .structure import DraftTree
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """Measured costs for one (target, head, device, dtype, threads): `verify_ms[i]` for a forward over
+    `sizes[i]` tree tokens (sizes ascending, starting at 1), `head_step_ms` for one head step, `overhead_ms`
+    for the host work of one cycle outside the two."""
+
+    sizes: tuple[int, ...]
+    verify_ms: tuple[float, ...]
+    head_step_ms: float
+    overhead_ms: float = 0.0
+
+    def verify(self, n: int) -> float:
+        """c(n), linear between measured sizes and beyond the last two."""
+        sizes, ms = self.sizes, self.verify_ms
+        if n <= sizes[0]:
+            return ms[0]
+        i = min(bisect.bisect_left(sizes, n), len(sizes) - 1)
+        lo, hi = i - 1, i
+        return ms[lo] + (ms[hi] - ms[lo]) * (n - sizes[lo]) / (sizes[hi] - sizes[lo])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CostCurve":
+        return cls(tuple(d["sizes"]), tuple(d["verify_ms"]), float(d["head_step_ms"]), float(d.get("overhead_ms", 0)))
+
+
+def best_tree_size(estimates_desc: list[float], curve: CostCurve, fixed_ms: float) -> tuple[int, float]:
+    """(N*, rate(N*)) over N = 1 .. len(estimates) + 1 (module docstring); estimates sorted descending."""
+    best_n, best_rate, expected = 1, 1.0 / (fixed_ms + curve.verify(1)), 1.0
+    for i, e in enumerate(estimates_desc):
+        expected += e
+        rate = expected / (fixed_ms + curve.verify(i + 2))
+        if rate > best_rate:
+            best_n, best_rate = i + 2, rate
+    return best_n, best_rate
+
+
+def expansion_pays(rate: float, frontier_estimate: float, step_ms: float) -> bool:
+    """Whether one more head step can raise the cycle's rate: its best case adds the frontier's estimate mass
+    in step_ms."""
+    return frontier_estimate > rate * step_ms
+
+
+def prune_tree(tree: DraftTree, keep: int) -> DraftTree:
+    """The root and the `keep - 1` draft nodes with the best estimates (ties: earlier nodes first). Estimates never
+    grow from a parent to its child, so every kept node's parent is kept."""
+    if tree.tokens.shape[0] != 1 or tree.estimates is None:
+        raise ValueError("prune_tree needs a batch-1 tree with estimates")
+    if keep >= tree.num_nodes:
+        return tree
+    est = tree.estimates[0].tolist()
+    order = sorted(range(1, tree.num_nodes), key=lambda i: (-est[i], i))[: keep - 1]
+    kept = [0] + sorted(order)
+    new_index = {old: new for new, old in enumerate(kept)}
+    parents = [-1] + [new_index[int(tree.parents[0, i])] for i in kept[1:]]
+    device = tree.tokens.device
+    return DraftTree.from_parents(tree.tokens[:, kept], torch.tensor([parents], device=device),
+                                  estimates=tree.estimates[:, kept])
