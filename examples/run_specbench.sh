@@ -5,8 +5,10 @@
 # beside it; --plot adds a PNG.
 set -euo pipefail
 OUT=${OUT:-bench_results}
-# bf16, greedy and T=1: stock generate, prompt lookup decoding, the FSPAD head, the EAGLE-2 baseline head.
+# bf16, greedy and T=1: stock generate, prompt lookup decoding, strategy="fspad" with its defaults (lookup drafts
+# merged into cost-sized trees) and with the head alone (lookup_tokens=0).
 hf-specdec bench --per-category 4 --max-new-tokens 128 --temperatures 0 1 --repeats "${REPEATS:-3}" \
-    --out "$OUT/specbench_bf16.json"
+    --methods stock pld fspad fspad/lookup=0 --out "$OUT/specbench_bf16.json"
 # float32, greedy: every method's answers must be token-identical to stock's (match rate 100%).
-hf-specdec bench --per-category 1 --max-new-tokens 48 --dtype float32 --out "$OUT/specbench_fp32.json"
+hf-specdec bench --per-category 1 --max-new-tokens 48 --dtype float32 --methods stock pld fspad fspad/lookup=0 \
+    --out "$OUT/specbench_fp32.json"

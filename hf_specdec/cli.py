@@ -12,7 +12,7 @@ COMMANDS = {
     "acceptance": ("hf_specdec.bench.acceptance", "per-node acceptance of RRS / RRSw / SpecHub on real (p, q) pairs"),
     "bench-superposed": ("hf_specdec.bench.superposed", "superposed drafts vs greedy / nucleus / beam: time, perplexity"),
     "bench-kernels": ("hf_specdec.bench.kernels", "Triton tree kernels vs the torch paths they replace (GPU)"),
-    "calibrate": ("hf_specdec.strategies.calibration", "measure (or show) this machine's cost curve for tree sizing"),
+    "calibrate": ("hf_specdec.bench.costs:calibrate_main", "measure (or show) this machine's cost curve for tree sizing"),
     "calibrate-lookup": ("hf_specdec.bench.lookup_calibration", "acceptance estimates of lookup drafts: fit + reliability table"),
     "overhead": ("hf_specdec.bench.overhead", "host time per fspad cycle with a tiny random model (forwards nearly free)"),
     "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),

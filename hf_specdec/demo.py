@@ -61,7 +61,8 @@ def main(argv=None):
                 out = result
     new = ref.shape[1] - ids.shape[1]
     t_stock, t_fspad = statistics.median(times["stock"]), statistics.median(times["fspad"])
-    print(f"target: SmolLM2-135M-Instruct ({args.dtype}, CPU, {torch.get_num_threads()} threads); draft: {draft_name}")
+    print(f"target: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized; {args.dtype}, CPU, {torch.get_num_threads()} threads); draft: {draft_name}; "
+          "strategy='fspad' with its defaults (lookup drafts merged into trees sized by this machine's costs)")
     print(f"prompt: {args.prompt}\n")
     print("--- stock greedy generate ---")
     print(tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True))

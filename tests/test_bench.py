@@ -41,15 +41,15 @@ def test_bench_end_to_end_on_two_questions(tiny_setup, tmp_path, capsys):
     specbench.main(["--questions", str(questions), "--per-category", "1", "--max-new-tokens", "12",
                     "--model", str(root / "target"), "--draft", str(root / "fspad"),
                     "--baseline-draft", str(root / "eagle2"), "--dtype", "float32", "--temperatures", "0", "1",
-                    "--out", str(out)])
+                    "--methods", "stock", "pld", "fspad", "fspad/lookup=0", "eagle2", "--out", str(out)])
     result = json.loads(out.read_text())
     records = result["records"]
-    # 2 questions, 3 turns, 4 methods, 2 temperatures
-    assert len(records) == 3 * 4 * 2
+    # 2 questions, 3 turns, 5 methods, 2 temperatures
+    assert len(records) == 3 * 5 * 2
     assert {r["question_id"] for r in records} == {0, 2}
     rows = {(r["temperature"], r["group"], r["method"]): r for r in result["rows"]}
     assert set(g for _, g, _ in rows) == {"qa", "multi-turn conversation", "overall"}
-    for method in ("pld", "fspad", "eagle2"):
+    for method in ("pld", "fspad", "fspad/lookup=0", "eagle2"):
         assert rows[(0.0, "overall", method)]["match_rate"] == 1.0  # float32: lossless means identical
         assert "match_rate" not in rows[(1.0, "overall", method)]
     assert rows[(0.0, "overall", "stock")]["speedup"] == pytest.approx(1.0)
@@ -94,6 +94,12 @@ def test_method_names_with_tree_shapes():
         specbench.parse_method("fspad@4,4")
     with pytest.raises(SystemExit):
         specbench.main(["--methods", "stock", "pld@1,2,3"])
+    assert specbench.parse_method("fspad/lookup=0") == ("fspad", {"lookup_tokens": 0})
+    assert specbench.parse_method("fspad@4,4,16/lookup=12/choose") == (
+        "fspad", {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16, "lookup_tokens": 12, "lookup_mode": "choose"})
+    for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge"):
+        with pytest.raises(ValueError, match="'/lookup=N'|follow fspad"):
+            specbench.parse_method(bad)
 
 
 def test_plot_writes_one_chart_per_temperature(tmp_path):

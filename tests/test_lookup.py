@@ -97,6 +97,26 @@ def test_long_lookup_chains_are_accepted():
     assert on.spec_stats.tau > off.spec_stats.tau
 
 
+def test_choose_mode_drafts_long_matches_without_the_head():
+    target = tiny_target(seed=3, num_hidden_layers=0)  # its greedy text cycles (see above)
+    target.generation_config.eos_token_id = None
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(target)
+    ids = torch.tensor([[3, 7]])
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False)
+    kwargs = dict(assistant_model=head, strategy="fspad", max_new_tokens=40, return_dict_in_generate=True,
+                  tree_top_k=2, tree_depth=3, tree_total_tokens=6, lookup_tokens=8)
+    choose = target.generate(ids, lookup_mode="choose", **kwargs)
+    merge = target.generate(ids, **kwargs)
+    assert torch.equal(choose.sequences, ref) and torch.equal(merge.sequences, ref)
+    cycles = len(choose.spec_stats.accepted_lengths)
+    # catch-ups: one per cycle and the prefill's; expansions (2 per head tree) only where the match was short
+    assert choose.spec_stats.draft_forwards < 1 + cycles + 2 * cycles
+    assert max(choose.spec_stats.accepted_lengths) > 4
+    with pytest.raises(ValueError, match="lookup_mode must be 'merge' or 'choose'"):
+        target.generate(ids, lookup_mode="both", **{**kwargs, "max_new_tokens": 2})
+
+
 @pytest.mark.parametrize("max_new_tokens", [3, 7, 11])
 def test_eos_and_max_new_tokens_inside_a_lookup_chain(max_new_tokens):
     target = tiny_target(seed=3)
@@ -156,3 +176,43 @@ def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch):
         counts[key] = counts.get(key, 0) + 1
     assert sum(grafted) > draws  # lookup nodes were in the trees
     assert chi_square_pvalue(counts, probs, draws) > 1e-3
+
+
+def test_lookup_calibration_fit_and_reliability():
+    from hf_specdec.bench.lookup_calibration import fit, node_records, reliability
+
+    periodic = [5, 6, 7, 8] * 6  # every continuation repeats exactly: all lookup nodes are right
+    records = node_records(periodic, 8, depth=3, max_matches=4)
+    fitted = fit(records)
+    assert fitted[4] == (1.0, 1.0)
+    node_records([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3, 9], 4, 3, 4, records)  # a second text: parent indices stay its own
+    assert all(up < i for i, (_, _, _, up, _) in enumerate(records))
+    assert all(records[up][1] == d - 1 for (_, d, _, up, _) in records if up >= 0)
+    table = reliability(records, fit(records))
+    assert sum(r["nodes"] for r in table) == len(records)
+    assert sum(r["observed"] * r["nodes"] for r in table) == sum(r[4] for r in records)
+
+
+def test_stop_string_inside_a_lookup_chain():
+    from transformers import AutoTokenizer
+
+    from hf_specdec.default_model import default_target_path
+
+    tok = AutoTokenizer.from_pretrained(default_target_path())
+    target = tiny_target(seed=4, num_hidden_layers=0, vocab_size=len(tok))  # the next token depends on the last only
+    target.generation_config.eos_token_id = None
+    ids = torch.tensor([[500, 600]])
+    free = target.generate(ids, max_new_tokens=80, do_sample=False)
+    new = free[0, 2:].tolist()
+    period = next(p for p in range(1, 40) if new[-p:] == new[-2 * p:-p])  # this seed's greedy text ends in a cycle
+    ids = free[:, :-period]  # the prompt holds whole periods: lookup can copy from the first cycle on
+    stop = tok.decode(new[-period // 2 - 1: -period // 2 + 1])  # two tokens from the middle of the next period
+    kwargs = dict(max_new_tokens=40, stop_strings=[stop], tokenizer=tok)
+    ref = target.generate(ids, do_sample=False, **kwargs)
+    assert ids.shape[1] + 3 < ref.shape[1] < ids.shape[1] + period
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(target)
+    out = target.generate(ids, assistant_model=head, strategy="fspad", lookup_tokens=16, return_dict_in_generate=True,
+                          tree_top_k=2, tree_depth=2, tree_total_tokens=4, **kwargs)
+    assert torch.equal(out.sequences, ref)
+    assert max(out.spec_stats.accepted_lengths) > 3  # lookup chains were accepted on the way to the stop

@@ -2,6 +2,7 @@
 sizes, and one draft-head step (catch-up and tree expansion, full vs reduced draft vocabulary).
 
     python -m hf_specdec.bench.costs --dtype bfloat16 --prefix 300 --out bench_results/costs.json
+    hf-specdec calibrate [--refresh]     # the cost curve the engine sizes trees with (strategies/calibration.py)
 
 Timings are medians of interleaved repetitions (every configuration measured once per round).
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from ..default_model import default_target
+from ..default_model import cache_dir, default_target
 from ..draft import FSPADDraftModel
+from ..heads import default_draft
+from ..strategies.calibration import cost_curve_for, cost_key
 from ..strategies.drafters import HeadDrafter
 from ..strategies.engine import target_forward
 from ..strategies.common import SpecDecodeStats
@@ -111,6 +114,29 @@ def main(argv=None):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     meta = {"dtype": args.dtype, "prefix": args.prefix, "rounds": args.rounds, "threads": torch.get_num_threads()}
     Path(args.out).write_text(json.dumps({"meta": meta, "median_ms": result}, indent=1))
+
+
+def calibrate_main(argv=None):
+    ap = argparse.ArgumentParser(prog="hf-specdec calibrate",
+                                 description="Measure (or show) this machine's cost curve for tree sizing.")
+    ap.add_argument("--model", default=None, help="target folder or id (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--refresh", action="store_true", help="measure again even if a cached curve exists")
+    args = ap.parse_args(argv)
+    from ..training.prepare import load_target
+
+    model, tok = load_target(args.model, getattr(torch, args.dtype))
+    head = (FSPADDraftModel.from_pretrained(args.draft, dtype=model.dtype).attach_target(model, tok) if args.draft
+            else default_draft(model, tok))
+    curve = cost_curve_for(model, head, refresh=args.refresh)
+    print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads), "
+          f"cached as {cache_dir() / 'costs' / (cost_key(model, head) + '.json')}")
+    print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
+    print("|---" * (len(curve.sizes) + 1) + "|")
+    print("| verify ms | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
+    print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms; engine overhead assumed {curve.overhead_ms:.1f} ms")
+    return 0
 
 
 if __name__ == "__main__":

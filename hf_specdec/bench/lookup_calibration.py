@@ -1,7 +1,8 @@
 """Calibrate the lookup drafts' acceptance estimates (hf_specdec.lookup) on the target's own greedy answers to
-training-pool prompts held out from head training, and print the reliability table (predicted vs observed).
+training-pool prompts held out from head training, and print the reliability table (predicted vs observed);
+with --head, the same table for the shipped head's path probabilities, the other estimate on the scale.
 
-    hf-specdec calibrate-lookup --prompts ../shared/data/train_prompts.jsonl --skip-per-source 800 --per-source 6
+    hf-specdec calibrate-lookup --prompts ../shared/data/train_prompts.jsonl --skip-per-source 800 --per-source 6 --head
 
 Teacher-forced: at every answer position the committed text is the prompt plus the answer so far, the lookup
 trie is built as decoding builds it, and a node counts as accepted when its path is the answer's continuation
@@ -43,7 +44,7 @@ def node_records(sequence: list[int], answer_start: int, depth: int, max_matches
     index = SuffixIndex()
     index.extend(sequence[:answer_start])
     records = [] if records is None else records
-    for t in range(answer_start, len(sequence)):
+    for t in range(answer_start, len(sequence) - depth + 1):  # where the whole continuation is known
         trie = lookup_trie(index, depth, max_matches, calibration=ones)
         truth = sequence[t : t + depth]
         first = len(records)  # trie node i is record first + i
@@ -87,12 +88,41 @@ def estimates(records, calibration) -> list[float]:
 
 def reliability(records, calibration) -> list[dict]:
     """Predicted P(node accepted) against the observed share of accepted nodes, binned by prediction."""
+    return binned(zip(estimates(records, calibration), (r[4] for r in records)))
+
+
+def head_records(target, head, ids, max_new_tokens: int) -> list[tuple[float, bool]]:
+    """(estimate, accepted) for every head node verified while `strategy="fspad"` (fixed tree 4,4,16, no
+    lookup) answers greedily: the head's estimates are its path probabilities, and greedy verification accepts
+    a node iff it lies on the accepted path."""
+    import hf_specdec.strategies.fspad as fspad_module
+
+    records = []
+    real = fspad_module.verify_greedy
+
+    def recording(tree, scores):
+        verdict = real(tree, scores)
+        on_path = set(verdict.path[0].tolist())
+        records.extend((float(e), i in on_path) for i, e in enumerate(tree.estimates[0].tolist()) if i > 0)
+        return verdict
+
+    fspad_module.verify_greedy = recording
+    try:
+        target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=max_new_tokens, do_sample=False,
+                        tree_top_k=4, tree_depth=4, tree_total_tokens=16, lookup_tokens=0)
+    finally:
+        fspad_module.verify_greedy = real
+    return records
+
+
+def binned(pairs) -> list[dict]:
+    """(predicted, observed) pairs -> reliability rows by predicted bin."""
     rows = defaultdict(lambda: [0, 0.0, 0])
-    for est, record in zip(estimates(records, calibration), records):
+    for est, ok in pairs:
         b = next(i for i in range(len(BINS) - 1) if est < BINS[i + 1])
         rows[b][0] += 1
         rows[b][1] += est
-        rows[b][2] += record[4]
+        rows[b][2] += ok
     return [{"bin": f"{BINS[b]:.2f}-{min(BINS[b + 1], 1):.2f}", "nodes": c, "predicted": s / c, "observed": o / c}
             for b, (c, s, o) in sorted(rows.items())]
 
@@ -105,14 +135,17 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--max-matches", type=int, default=8)
+    ap.add_argument("--head", action="store_true", help="also the shipped head's estimates, from real decoding")
     ap.add_argument("--out", default="bench_results/lookup_calibration.json")
     args = ap.parse_args(argv)
     from tqdm.auto import tqdm
 
     from ..default_model import default_target
+    from ..heads import default_draft
 
     target, tok = default_target()
-    records = []
+    head = default_draft(target, tok) if args.head else None
+    records, head_pairs = [], []
     prompts = held_out_prompts(args.prompts, args.skip_per_source, args.per_source)
     for prompt in tqdm(prompts, desc="answers"):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -120,6 +153,8 @@ def main(argv=None):
         with torch.no_grad():
             out = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
         node_records(out[0].tolist(), ids.shape[1], args.depth, args.max_matches, records)
+        if head is not None:
+            head_pairs += head_records(target, head, ids, args.max_new_tokens)
     fitted = fit(records)
     table = reliability(records, fitted)
     print(f"{len(prompts)} held-out pool prompts, {len(records)} lookup nodes")
@@ -127,6 +162,13 @@ def main(argv=None):
     print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
     for r in table:
         print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
+    head_table = binned(head_pairs) if head is not None else None
+    if head_table:
+        print(f"\nthe shipped head's path probabilities (fixed tree 4,4,16, {len(head_pairs)} verified nodes):")
+        print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
+        for r in head_table:
+            print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": vars(args), "fitted": fitted, "reliability": table}, indent=1))
+    Path(args.out).write_text(json.dumps({"meta": vars(args), "fitted": fitted, "reliability": table,
+                                          "head_reliability": head_table}, indent=1))
     return 0

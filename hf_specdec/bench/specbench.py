@@ -1,8 +1,10 @@
-"""Spec-Bench on this machine: stock greedy `generate` (1.00x), transformers prompt lookup decoding, and
-strategy="fspad" with the shipped FSPAD head and with the EAGLE-2 baseline head, and strategy="spechub" with the
-SpecHub / RRS / RRSw verifiers on trees of sampled children (the FSPAD head drafting), interleaved per question.
+"""Spec-Bench on this machine: stock greedy `generate` (1.00x), transformers prompt lookup decoding,
+strategy="fspad" with the shipped FSPAD head (its defaults: lookup drafts merged into cost-sized trees; or
+`fspad/lookup=0`, the head alone; `fspad@K,D,N` a fixed tree) and with the EAGLE-2 baseline head, and
+strategy="spechub" with the SpecHub / RRS / RRSw verifiers on trees of sampled children (the FSPAD head
+drafting), interleaved per question.
 
-    hf-specdec bench --per-category 5 --max-new-tokens 128 --temperatures 0 1
+    hf-specdec bench --per-category 4 --max-new-tokens 128 --temperatures 0 1 --repeats 3
     hf-specdec bench --per-category 3 --temperatures 0.6 1 --methods stock rrs@7 rrsw@7 spechub@7
 
 Protocol (Spec-Bench, hemingkx/Spec-Bench): each question is asked through the chat template; MT-bench
@@ -87,13 +89,19 @@ def parse_method(name: str) -> tuple[str, dict]:
     """'stock', 'pld', 'fspad', 'eagle2', or a head method with a tree shape: 'fspad@top_k,depth,total_tokens';
     or a multi-draft rule on a tree of sampled children: 'spechub@N', 'rrs@N', 'rrsw@N' (N tree tokens, root
     included; two children per node, the depth of the smallest full binary tree holding N), or '...@N,W' with
-    W children per node. A head method may end with '/lookup=N' (lookup_tokens=N; 0: the head alone)."""
-    name, _, lookup = name.partition("/lookup=")
+    W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
+    '/choose' (lookup_mode="choose")."""
+    name, *options = name.split("/")
     extra = {}
-    if lookup:
-        if not lookup.isdigit() or name.partition("@")[0] not in ("fspad", "eagle2"):
-            raise ValueError(f"Method {name}/lookup={lookup}: '/lookup=N' (N >= 0) follows fspad or eagle2 only.")
-        extra = {"lookup_tokens": int(lookup)}
+    for option in options:
+        if name.partition("@")[0] not in ("fspad", "eagle2"):
+            raise ValueError(f"Method {name}/{option}: options after '/' follow fspad or eagle2 only.")
+        if option == "choose":
+            extra["lookup_mode"] = "choose"
+        elif option.startswith("lookup=") and option[7:].isdigit():
+            extra["lookup_tokens"] = int(option[7:])
+        else:
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0) and '/choose'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -114,7 +122,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N and /choose, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-category", type=int, default=None, help="first N questions of each category group")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0])
-    p.add_argument("--methods", nargs="+", default=["stock", "pld", "fspad", "eagle2"],
+    p.add_argument("--methods", nargs="+", default=["stock", "pld", "fspad", "fspad/lookup=0"],
                    help="stock, pld, fspad, eagle2; a head method may name its tree: fspad@K,D,N (top_k, depth, "
                         "total tokens; default: the head's own generation_config); sampling only: spechub, rrs, "
                         "rrsw on binary trees of sampled children, optionally @N (tree tokens) or @N,W (W children)")

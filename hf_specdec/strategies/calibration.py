@@ -1,7 +1,7 @@
 """The machine's own costs for tree sizing (tree/sizing.py): measured once per (target, head, device, dtype,
 threads) in a few seconds, cached on disk, refreshable.
 
-    hf-specdec calibrate [--model ...] [--refresh]      # measure (or show the cached curve)
+    hf-specdec calibrate [--model ...] [--refresh]      # measure (or show the cached curve): bench/costs.py
 
 Measured: one target forward over N tree tokens after a 256-token prefix, for N in VERIFY_SIZES, and one head
 expansion step of 4 nodes; medians of interleaved rounds. The engine's own host work per cycle is not in
@@ -111,29 +111,3 @@ def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:
         path.write_text(json.dumps(curve.to_dict(), indent=1))
     _MEMORY[key] = curve
     return curve
-
-
-def main(argv=None):
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="hf-specdec calibrate", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="target folder or id (default: the embedded SmolLM2-135M-Instruct)")
-    ap.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--refresh", action="store_true", help="measure again even if a cached curve exists")
-    args = ap.parse_args(argv)
-    from ..draft import FSPADDraftModel
-    from ..heads import default_draft
-    from ..training.prepare import load_target
-
-    model, tok = load_target(args.model, getattr(torch, args.dtype))
-    head = (FSPADDraftModel.from_pretrained(args.draft, dtype=model.dtype).attach_target(model, tok) if args.draft
-            else default_draft(model, tok))
-    curve = cost_curve_for(model, head, refresh=args.refresh)
-    print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads), "
-          f"cached as {cache_dir() / 'costs' / (cost_key(model, head) + '.json')}")
-    print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
-    print("|---" * (len(curve.sizes) + 1) + "|")
-    print("| verify ms | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
-    print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms; engine overhead assumed {curve.overhead_ms:.1f} ms")
-    return 0

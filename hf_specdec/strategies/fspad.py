@@ -14,7 +14,7 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 
 from ..draft import FSPADDraftModel
 from ..lookup import SuffixIndex, lookup_trie
-from ..tree import CostCurve, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
+from ..tree import CostCurve, DraftTree, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
 from .calibration import cost_curve_for
@@ -27,6 +27,8 @@ DEFAULT_TREE = {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16}
 # The most nodes lookup drafts (hf_specdec.lookup) add to a cycle's tree; measured (README, "Lookup drafts").
 DEFAULT_LOOKUP_TOKENS = 8
 LOOKUP_MATCHES = 8  # occurrences of the matched suffix whose continuations are merged
+# lookup_mode="choose" (SAM-Decoding style): a suffix match at least this long drafts the cycle alone.
+CHOOSE_MIN_MATCH = 3
 # Cost-sized trees (no tree shape given to generate): the head grows at most this deep and keeps at most this
 # many candidates (root included); the cost model picks how deep it drafts and how many nodes are verified.
 AUTO_MAX_DEPTH = 6
@@ -75,13 +77,16 @@ def fspad_generate(
     tree_total_tokens: int | None = None,
     lookup_tokens: int | None = None,
     cost_curve: CostCurve | None = None,
+    lookup_mode: str = "merge",
     synced_gpus: bool = False,
     **model_kwargs,
 ):
     """Tree speculative decoding. Usable as `model.generate(..., strategy="fspad", assistant_model=head)`
     after `import hf_specdec`, or without the hook as `model.generate(..., custom_generate=fspad_generate,
     draft_model=head)`. `lookup_tokens`: the most nodes that lookup drafts (continuations copied from the
-    prompt and the output so far) add to each cycle's tree; 0 turns them off.
+    prompt and the output so far) add to each cycle's tree; 0 turns them off. `lookup_mode`: "merge" (lookup
+    and head nodes in one tree) or "choose" (a long suffix match drafts the cycle alone, without head steps;
+    else the head alone), kept for the comparison in the README.
 
     Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
     (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
@@ -107,6 +112,8 @@ def fspad_generate(
     drafter = HeadDrafter(head, stats)
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
 
+    if lookup_mode not in ("merge", "choose"):
+        raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
     index = SuffixIndex()
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
     if sized:
@@ -129,14 +136,19 @@ def fspad_generate(
                 # head steps so far: the catch-up and level - 1 expansions
                 spent = curve.overhead_ms + level * curve.head_step_ms
                 head_best = candidate_scores[0].topk(min(total - 1, candidate_scores.shape[1])).values.exp().tolist()
-                _, rate = best_tree_size(sorted(head_best + lookup_best, reverse=True), curve, spent)
-                return expansion_pays(rate, float(frontier_scores[0].exp().sum()), curve.head_step_ms)
+                return expansion_pays(sorted(head_best + lookup_best, reverse=True),
+                                      frontier_scores[0].exp().tolist(), curve, spent)
 
         steps_before = stats.draft_forwards
-        tree = grow_tree(drafter.expand(cached), committed[:, -1], log_probs, feature, shape.top_k, depth, total,
-                         draft_to_target, should_expand)
-        if trie is not None:
-            tree = graft(tree, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
+        if lookup_mode == "choose" and trie is not None and trie.match_length >= CHOOSE_MIN_MATCH:
+            root = DraftTree.from_parents(committed[:, -1:], committed.new_full((1, 1), -1),
+                                          torch.ones(1, 1, device=committed.device))
+            tree = graft(root, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
+        else:
+            tree = grow_tree(drafter.expand(cached), committed[:, -1], log_probs, feature, shape.top_k, depth,
+                             total, draft_to_target, should_expand)
+            if trie is not None and lookup_mode == "merge":
+                tree = graft(tree, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
         if sized:  # the catch-up and the expansions of this cycle are spent; choose how much to verify
             spent = curve.overhead_ms + (1 + stats.draft_forwards - steps_before) * curve.head_step_ms
             keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve, spent)

@@ -7,7 +7,8 @@ node estimates and a cost curve in, a size or a decision out.
 
     rate(N)      = (1 + sum_{i < N} e_(i)) / (fixed_ms + c(N))     e_(1) >= e_(2) >= ... the node estimates
     N*           = argmax_N rate(N)                                 (N = 1: a plain decoding step)
-    expand again iff  sum of the frontier's estimates / h  >  rate(N*)    h: one head step
+    expand again iff some N gives (1 + sum_{i < N} e_(i) + F) / (fixed_ms + h + c(N + k)) > rate(N*),
+    F the frontier's estimate mass, k its size, h one head step
 (a child is accepted only with its parent, so the next level adds at most the frontier's estimate mass).
 """
 
@@ -60,10 +61,18 @@ def best_tree_size(estimates_desc: list[float], curve: CostCurve, fixed_ms: floa
     return best_n, best_rate
 
 
-def expansion_pays(rate: float, frontier_estimate: float, step_ms: float) -> bool:
-    """Whether one more head step can raise the cycle's rate: its best case adds the frontier's estimate mass
-    in step_ms."""
-    return frontier_estimate > rate * step_ms
+def expansion_pays(estimates_desc: list[float], frontier: list[float], curve: CostCurve, fixed_ms: float) -> bool:
+    """Whether one more head step can raise the cycle's best rate. Its best case: the frontier's estimate mass
+    F = sum(frontier) arrives in len(frontier) more verified nodes, for one more head step."""
+    _, rate = best_tree_size(estimates_desc, curve, fixed_ms)
+    mass, extra = sum(frontier), len(frontier)
+    expected = 1.0 + mass
+    for n in range(len(estimates_desc) + 1):  # n of the current nodes kept, plus the new ones
+        if n:
+            expected += estimates_desc[n - 1]
+        if expected / (fixed_ms + curve.head_step_ms + curve.verify(1 + n + extra)) > rate:
+            return True
+    return False
 
 
 def prune_tree(tree: DraftTree, keep: int) -> DraftTree:
