@@ -1,8 +1,10 @@
 """strategy="fspad": tree speculative decoding with an FSPAD (or EAGLE-2) draft head.
 
-The engine (strategies/engine.py) runs the cycle; this strategy grows EAGLE-2 trees with the head (top-k
-children of the best frontier nodes, kept by cumulative draft log-probability) and verifies them with the
-greedy rule, or with recursive rejection over the deterministic children when sampling.
+The engine (strategies/engine.py) runs the cycle; this strategy drafts each cycle's tree (`TreeDrafts`): the
+head's EAGLE-2 tree (top-k children of the best frontier nodes, kept by cumulative draft log-probability),
+lookup drafts copied from the text so far grafted onto it, and -- unless generate was given a tree shape --
+the tree's depth and size chosen by this machine's measured costs. It verifies with the greedy rule, or with
+recursive rejection over the deterministic children when sampling.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..draft import FSPADDraftModel
-from ..lookup import SuffixIndex, lookup_trie
+from ..lookup import LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
@@ -21,8 +23,8 @@ from .calibration import cost_curve_for
 from .drafters import HeadDrafter
 from .engine import open_request, run_tree_decoding, target_forward  # noqa: F401  (target_forward: re-export)
 
-# Measured on the 2-core CPU with SmolLM2-135M in bf16 (see README, "Tree shape"): a verification forward of
-# 16 tokens costs ~1.25x one token there, while the GPU default of 60 tokens costs ~3x.
+# A fixed tree's shape where generate and the head's generation_config give none (tuned on the 2-core CPU with
+# SmolLM2-135M in bf16, where 16 tree tokens verify for ~1.2-1.4x the cost of one).
 DEFAULT_TREE = {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16}
 # The most nodes lookup drafts (hf_specdec.lookup) add to a cycle's tree; measured (README, "Lookup drafts").
 DEFAULT_LOOKUP_TOKENS = 8
@@ -60,6 +62,64 @@ class TreeShape:
             raise ValueError(f"lookup_tokens must be a non-negative integer (0 turns lookup drafts off), got {lookup!r}.")
         check_tree_numbers(**values)
         return cls(values["tree_top_k"], values["tree_depth"], values["tree_total_tokens"], lookup)
+
+
+class TreeDrafts:
+    """The tree of one cycle: `grow(committed [1, T], draft_state, cached) -> DraftTree` (the engine's callback).
+
+    With a cost curve the head drafts up to AUTO_MAX_DEPTH / AUTO_MAX_NODES while another step can pay, and
+    the tree is pruned to the size with the best expected tokens per ms (tree/sizing.py); without one it is
+    the fixed `shape`. Lookup nodes (up to shape.lookup_tokens) are grafted onto the head's tree ("merge"), or
+    draft a cycle alone when the suffix match is long ("choose")."""
+
+    def __init__(self, drafter: HeadDrafter, shape: TreeShape, curve: CostCurve | None, lookup_mode: str,
+                 draft_to_target: torch.Tensor | None):
+        self.drafter, self.shape, self.curve, self.lookup_mode = drafter, shape, curve, lookup_mode
+        self.draft_to_target = draft_to_target
+        self.depth, self.total = (AUTO_MAX_DEPTH, AUTO_MAX_NODES) if curve is not None else (shape.depth, shape.total_tokens)
+        self.index = SuffixIndex()
+
+    def __call__(self, committed: torch.Tensor, draft_state, cached: int) -> DraftTree:
+        trie = self.lookup(committed) if self.shape.lookup_tokens else None
+        steps_before = self.drafter.stats.draft_forwards
+        if self.lookup_mode == "choose" and trie is not None and trie.match_length >= CHOOSE_MIN_MATCH:
+            tree = self.graft(DraftTree.from_parents(committed[:, -1:], committed.new_full((1, 1), -1),
+                                                     torch.ones(1, 1, device=committed.device)), trie)
+        else:
+            tree = self.head_tree(committed[:, -1], draft_state, cached, trie)
+            if trie is not None and self.lookup_mode == "merge":
+                tree = self.graft(tree, trie)
+        if self.curve is None:
+            return tree
+        # the catch-up and this cycle's expansions are spent; verify the size that pays best
+        spent = self.spent_ms(1 + self.drafter.stats.draft_forwards - steps_before)
+        keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), self.curve, spent)
+        return prune_tree(tree, keep)
+
+    def lookup(self, committed: torch.Tensor) -> LookupTrie:
+        self.index.extend(committed[0, len(self.index.tokens):].tolist())
+        return lookup_trie(self.index, depth=self.shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
+
+    def graft(self, tree: DraftTree, trie: LookupTrie) -> DraftTree:
+        return graft(tree, trie.tokens, trie.parents, trie.estimates, self.shape.lookup_tokens)
+
+    def spent_ms(self, head_steps: int) -> float:
+        return self.curve.overhead_ms + head_steps * self.curve.head_step_ms
+
+    def head_tree(self, root: torch.Tensor, draft_state, cached: int, trie: LookupTrie | None) -> DraftTree:
+        log_probs, feature = draft_state
+        should_expand = None
+        if self.curve is not None:
+            lookup_best = sorted(trie.estimates, reverse=True)[: self.shape.lookup_tokens] if trie else []
+
+            def should_expand(level, candidate_scores, frontier_scores):
+                # before expansion `level`: the catch-up and level - 1 expansions are spent
+                best = candidate_scores[0].topk(min(self.total - 1, candidate_scores.shape[1])).values.exp().tolist()
+                return expansion_pays(sorted(best + lookup_best, reverse=True), frontier_scores[0].exp().tolist(),
+                                      self.curve, self.spent_ms(level))
+
+        return grow_tree(self.drafter.expand(cached), root, log_probs, feature, self.shape.top_k, self.depth,
+                         self.total, self.draft_to_target, should_expand)
 
 
 @torch.no_grad()
@@ -114,46 +174,9 @@ def fspad_generate(
 
     if lookup_mode not in ("merge", "choose"):
         raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
-    index = SuffixIndex()
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
-    if sized:
-        curve = cost_curve if cost_curve is not None else cost_curve_for(model, head)
-        depth, total = AUTO_MAX_DEPTH, AUTO_MAX_NODES
-    else:
-        depth, total = shape.depth, shape.total_tokens
-
-    def grow(committed, draft_state, cached):
-        log_probs, feature = draft_state
-        trie = None
-        if shape.lookup_tokens:
-            index.extend(committed[0, len(index.tokens):].tolist())
-            trie = lookup_trie(index, depth=shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
-        should_expand = None
-        if sized:
-            lookup_best = sorted(trie.estimates, reverse=True)[: shape.lookup_tokens] if trie else []
-
-            def should_expand(level, candidate_scores, frontier_scores):
-                # head steps so far: the catch-up and level - 1 expansions
-                spent = curve.overhead_ms + level * curve.head_step_ms
-                head_best = candidate_scores[0].topk(min(total - 1, candidate_scores.shape[1])).values.exp().tolist()
-                return expansion_pays(sorted(head_best + lookup_best, reverse=True),
-                                      frontier_scores[0].exp().tolist(), curve, spent)
-
-        steps_before = stats.draft_forwards
-        if lookup_mode == "choose" and trie is not None and trie.match_length >= CHOOSE_MIN_MATCH:
-            root = DraftTree.from_parents(committed[:, -1:], committed.new_full((1, 1), -1),
-                                          torch.ones(1, 1, device=committed.device))
-            tree = graft(root, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
-        else:
-            tree = grow_tree(drafter.expand(cached), committed[:, -1], log_probs, feature, shape.top_k, depth,
-                             total, draft_to_target, should_expand)
-            if trie is not None and lookup_mode == "merge":
-                tree = graft(tree, trie.tokens, trie.parents, trie.estimates, shape.lookup_tokens)
-        if sized:  # the catch-up and the expansions of this cycle are spent; choose how much to verify
-            spent = curve.overhead_ms + (1 + stats.draft_forwards - steps_before) * curve.head_step_ms
-            keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve, spent)
-            tree = prune_tree(tree, keep)
-        return tree
+    curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
+    grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target)
 
     def verify(tree, scores):
         if generation_config.do_sample:
