@@ -17,7 +17,6 @@ a_n and g_n are acceptance rates calibrated on training-pool prompts held out fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 # Measured by `hf-specdec calibrate-lookup` (see README, "Lookup drafts"): match length n -> (a_n, g_n).
@@ -104,6 +103,3 @@ def lookup_trie(index: SuffixIndex, depth: int, max_matches: int = 8, min_n: int
             trie.estimates.append(trie.estimates[parent] * g * counts[node] / counts[parent])
     return trie
 
-
-def log_estimate(p: float) -> float:
-    return math.log(p) if p > 0 else float("-inf")

@@ -15,7 +15,6 @@ import json
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers import DynamicCache
