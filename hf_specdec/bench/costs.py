@@ -45,7 +45,7 @@ def run(dtype: str, prefix: int, rounds: int, tree_sizes: list[int], expand_widt
     model, tok = default_target(dtype=getattr(torch, dtype))
     ids = torch.randint(100, 40000, (1, prefix), generator=torch.Generator().manual_seed(0))
     cache = DynamicCache(config=model.config)
-    features, _ = target_forward(model, ids, cache, torch.arange(prefix)[None])
+    features, _ = target_forward(model, ids, cache, torch.arange(prefix)[None], logits_to_keep=1)
 
     heads = {"full": FSPADDraftModel.from_target(model)}
     for v in draft_vocabs:

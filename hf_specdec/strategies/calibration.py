@@ -59,7 +59,8 @@ def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds:
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(0)).to(model.device)
     cache = DynamicCache(config=model.config)
-    features, _ = target_forward(model, ids, cache, torch.arange(prefix, device=model.device)[None])
+    features, _ = target_forward(model, ids, cache, torch.arange(prefix, device=model.device)[None],
+                                 logits_to_keep=1)
     drafter = HeadDrafter(head, SpecDecodeStats())
     drafter.catch_up(ids, features, 0)  # `prefix` head positions, as before a tree rooted after them
     jobs = {}

@@ -91,7 +91,7 @@ class CausalLMDrafter:
     def _feed(self, tokens: torch.Tensor, start: int):
         crop_cache(self.cache, start)
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)[None]
-        _, logits = target_forward(self.draft, tokens, self.cache, positions)
+        _, logits = target_forward(self.draft, tokens, self.cache, positions, logits_to_keep=1)
         self.stats.draft_forwards += 1
         return logits[:, -1].log_softmax(-1), None
 

@@ -60,21 +60,24 @@ class Drafter(Protocol):
         """The tree growers' `expand` callback for a tree rooted after `cached` target-cache tokens."""
 
 
-def target_forward(model, input_ids, cache, position_ids, attention_mask=None):
-    """One forward of a causal LM: (features [B, q, H], logits [B, q, V] float32).
+def target_forward(model, input_ids, cache, position_ids, attention_mask=None, logits_to_keep: int = 0):
+    """One forward of a causal LM: (features [B, q, H], logits [B, k, V] float32 for the last k =
+    logits_to_keep positions, all of them for 0).
 
     The model's own forward, so whatever it does after its lm_head (Cohere's logit_scale, Granite's
-    logits_scaling, Gemma's softcapping) is part of the logits. Features are the lm_head's input: the last
-    hidden states after the final norm, what an FSPAD head reads."""
+    logits_scaling, Gemma's softcapping) is part of the logits. Features are the decoder's output: the last
+    hidden states after the final norm at every position, what an FSPAD head reads. A prefill needs logits at
+    its last position only (logits_to_keep=1): the lm_head at every prompt position is a fifth of SmolLM2's
+    weights applied to the whole prompt for nothing."""
     captured = []
-    hook = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    hook = model.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
     try:
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
-            logits_to_keep=0,
+            logits_to_keep=logits_to_keep,
             **cache_kwargs(cache),
         )
     finally:
@@ -150,7 +153,8 @@ def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_process
 
     # Prefill: the target's features for the prompt and its first token.
     L = prompt.shape[1]
-    features, logits = target_forward(model, prompt, cache, torch.arange(L, device=prompt.device)[None])
+    features, logits = target_forward(model, prompt, cache, torch.arange(L, device=prompt.device)[None],
+                                      logits_to_keep=1)
     stats.target_forwards += 1
     scores = logits_processor(emitter.sequence, logits[:, -1])
     first = choose_token(scores, generation_config.do_sample)
