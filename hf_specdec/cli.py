@@ -15,6 +15,7 @@ COMMANDS = {
     "calibrate": ("hf_specdec.bench.costs:calibrate_main", "measure (or show) this machine's cost curve for tree sizing"),
     "calibrate-lookup": ("hf_specdec.bench.lookup_calibration", "acceptance estimates of lookup drafts: fit + reliability table"),
     "overhead": ("hf_specdec.bench.overhead", "host time per fspad cycle with a tiny random model (forwards nearly free)"),
+    "hook-cost": ("hf_specdec.bench.hook_cost", "stock generate (no strategy=) with the import's hook vs without it"),
     "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),

@@ -16,8 +16,10 @@ The target's embedding and lm_head are *borrowed* (`attach_target`), never store
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,8 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNor
 
 from ..compat import cache_kwargs
 from .configuration_fspad import FSPADConfig
+
+logger = logging.getLogger(__name__)
 
 _FINGERPRINT_ROWS = 16
 _FINGERPRINT_RTOL = 2e-2  # bf16 rounding moves a row norm by ~0.4%; another model moves it by far more
@@ -50,6 +54,28 @@ def tokenizer_hash(tokenizer) -> str:
     """A short hash of the tokenizer's vocabulary (token -> id)."""
     vocab = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _log_follow(dtype, device, target_dtype, target_device) -> None:
+    logger.warning("hf_specdec: the FSPAD head (%s on %s) follows its target to %s on %s.", dtype, device,
+                   target_dtype, target_device)
+
+
+def check_loading_info(info: dict, source) -> None:
+    """Raise when from_pretrained's loading report lists tensors the head lacks, does not know, or cannot take."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        if names:
+            problems.append(f"{what}: {', '.join(names)}")
+    if problems:
+        raise ValueError(
+            f"The FSPAD head checkpoint at {source} does not match FSPADDraftModel ({'; '.join(problems)}). A "
+            "partly loaded head would draft with random weights. Check that the folder holds a complete head saved "
+            "by FSPADDraftModel.save_pretrained (heads in the EAGLE / EAGLE-3 layouts need converting first)."
+        )
 
 
 @dataclass
@@ -126,13 +152,17 @@ class FSPADDraftModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        """transformers' loader, made strict: a checkpoint with missing, unexpected or mis-shaped tensors is an
+        error naming them, not a partly random head that drafts at near-zero acceptance."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_loading_info(info, pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
         try:
             model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         except OSError:  # a head saved without tree defaults
             model.generation_config = None
-        return model
+        return (model, info) if want_info else model
 
     # ----------------------------------------------------------------------------------------- pairing
     @classmethod
@@ -196,12 +226,22 @@ class FSPADDraftModel(PreTrainedModel):
                 f"{type(target).__name__}: " + "; ".join(problems) + ". Load the head trained for this target, or "
                 "create one with FSPADDraftModel.from_target(target)."
             )
+        self.follow(target.get_input_embeddings().weight)
         lm_head = target.get_output_embeddings()
         draft_w = None
         if self.config.draft_vocab_size is not None:
             draft_w = lm_head.weight.detach()[self.draft_to_target.to(lm_head.weight.device)]
         self._target = _TargetParts(target.get_input_embeddings(), lm_head, draft_w)
         return self
+
+    def follow(self, weight: torch.Tensor) -> None:
+        """Move the head to the dtype and device of the target's weights: it computes on the target's own
+        embeddings and lm_head, so a bf16 head beside a float32 target (one of them cast with .to()) is a
+        mismatch of the user's setup, not a choice. Logged once per (from, to)."""
+        mine = self.fc.weight
+        if (mine.dtype, mine.device) != (weight.dtype, weight.device):
+            _log_follow(str(mine.dtype), str(mine.device), str(weight.dtype), str(weight.device))
+            self.to(device=weight.device, dtype=weight.dtype)
 
     def _parts(self) -> _TargetParts:
         if self._target is None:

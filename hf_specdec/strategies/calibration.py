@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import statistics
+import threading
 import time
 
 import torch
@@ -33,6 +34,7 @@ ROUNDS = 5
 OVERHEAD_MS = 2.0  # host time of one cycle beyond forwards and head steps (order of `hf-specdec overhead`, CPU)
 
 _MEMORY: dict[str, CostCurve] = {}
+_MEASURING = threading.Lock()
 
 
 def cost_key(model, head) -> str:
@@ -98,8 +100,15 @@ def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds:
 def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:
     """The cached curve for this (target, head, device, dtype, threads), measured on first use."""
     key = cost_key(model, head)
-    if key in _MEMORY and not refresh:
-        return _MEMORY[key]
+    with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
+        if key in _MEMORY and not refresh:
+            return _MEMORY[key]
+        curve = _load_or_measure(model, head, key, refresh)
+        _MEMORY[key] = curve
+    return curve
+
+
+def _load_or_measure(model, head, key: str, refresh: bool) -> CostCurve:
     path = cache_dir() / "costs" / f"{key}.json"
     if path.is_file() and not refresh:
         curve = CostCurve.from_dict(json.loads(path.read_text()))
@@ -109,5 +118,4 @@ def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:
         curve = measure_costs(model, head)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(curve.to_dict(), indent=1))
-    _MEMORY[key] = curve
     return curve

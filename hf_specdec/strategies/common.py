@@ -63,14 +63,58 @@ _UNSUPPORTED = {
 }
 
 
-def check_generation_config(strategy: str, generation_config: GenerationConfig) -> None:
-    """Raise for options the strategy cannot honour instead of silently ignoring them."""
+def check_generation_config(strategy: str, generation_config: GenerationConfig, allowed: tuple[str, ...] = ()) -> None:
+    """Raise for options the strategy cannot honour instead of silently ignoring them (`allowed`: those the
+    strategy gives its own meaning)."""
     for name, (is_set, what) in _UNSUPPORTED.items():
-        if is_set(getattr(generation_config, name, None)):
+        if name not in allowed and is_set(getattr(generation_config, name, None)):
             raise ValueError(
                 f"strategy={strategy!r} does not support {what} ({name}={getattr(generation_config, name)!r}); "
                 f"remove {name} or call generate without strategy=."
             )
+
+
+# The generate option behind each of stock's logits processors, for errors that must name what the user set.
+PROCESSOR_OPTIONS = {
+    "RepetitionPenaltyLogitsProcessor": "repetition_penalty",
+    "EncoderRepetitionPenaltyLogitsProcessor": "encoder_repetition_penalty",
+    "NoRepeatNGramLogitsProcessor": "no_repeat_ngram_size",
+    "EncoderNoRepeatNGramLogitsProcessor": "encoder_no_repeat_ngram_size",
+    "NoBadWordsLogitsProcessor": "bad_words_ids",
+    "SequenceBiasLogitsProcessor": "sequence_bias",
+    "MinLengthLogitsProcessor": "min_length",
+    "MinNewTokensLengthLogitsProcessor": "min_new_tokens",
+    "PrefixConstrainedLogitsProcessor": "prefix_allowed_tokens_fn",
+    "ForcedBOSTokenLogitsProcessor": "forced_bos_token_id",
+    "ForcedEOSTokenLogitsProcessor": "forced_eos_token_id",
+    "InfNanRemoveLogitsProcessor": "remove_invalid_values",
+    "ExponentialDecayLengthPenalty": "exponential_decay_length_penalty",
+    "LogitNormalization": "renormalize_logits",
+    "SuppressTokensLogitsProcessor": "suppress_tokens",
+    "SuppressTokensAtBeginLogitsProcessor": "begin_suppress_tokens",
+    "UnbatchedClassifierFreeGuidanceLogitsProcessor": "guidance_scale",
+    "ClassifierFreeGuidanceLogitsProcessor": "guidance_scale",
+    "WatermarkLogitsProcessor": "watermarking_config",
+    "SynthIDTextWatermarkLogitsProcessor": "watermarking_config",
+    "TemperatureLogitsWarper": "temperature",
+    "TopKLogitsWarper": "top_k",
+    "TopPLogitsWarper": "top_p",
+    "MinPLogitsWarper": "min_p",
+    "TypicalLogitsWarper": "typical_p",
+    "EpsilonLogitsWarper": "epsilon_cutoff",
+    "EtaLogitsWarper": "eta_cutoff",
+}
+
+
+def processor_options(processors) -> list[str]:
+    """The generate options that made these processors (a processor passed in logits_processor= by class)."""
+    names = []
+    for processor in processors:
+        cls = type(processor).__name__
+        name = PROCESSOR_OPTIONS.get(cls, f"logits_processor=[{cls}(...)]")
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def check_tree_numbers(**numbers) -> None:
@@ -91,14 +135,42 @@ def check_model_kwargs(strategy: str, model_kwargs: dict, allowed: set[str]) -> 
         )
 
 
-def strip_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+def check_prompt(strategy: str, input_ids) -> None:
+    """The prompt must be a non-empty [B, L] tensor of integer token ids. Stock generate fails on these deep
+    inside the model (an embedding or attention error); say what is wrong before anything runs."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"strategy={strategy!r} needs input_ids as a torch tensor of token ids, got "
+                        f"{type(input_ids).__name__}; e.g. tokenizer(text, return_tensors='pt').input_ids.")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be integer token ids (torch.long), got dtype {input_ids.dtype}; pass "
+                        "input_ids.long() if the values are token ids, or inputs_embeds to stock generate for "
+                        "embeddings.")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape [batch, length], got {list(input_ids.shape)}; add the batch "
+                         "dimension with input_ids[None].")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty (shape {list(input_ids.shape)}): strategy={strategy!r} needs at "
+                         "least one prompt token; start from the BOS token (tokenizer.bos_token_id) for an "
+                         "unconditional generation.")
+
+
+def strip_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_token_id=None):
     """For batch size 1: drop left padding (positions start after it, as stock generate computes them).
-    Returns (padding, unpadded ids)."""
+    Returns (padding, unpadded ids). `pad_token_id` only words the error for a mask with holes."""
     if attention_mask is None or bool(attention_mask.all()):
         return input_ids[:, :0], input_ids
     n_pad = int((attention_mask[0].cumsum(0) == 0).sum())
     if not bool(attention_mask[0, n_pad:].all()):
-        raise ValueError("attention_mask may only mask left padding (zeros before the prompt) with this strategy.")
+        holes = (attention_mask[0, n_pad:] == 0).nonzero().flatten().add(n_pad).tolist()
+        where = ", ".join(map(str, holes[:8])) + (", ..." if len(holes) > 8 else "")
+        message = (f"attention_mask masks position(s) {where} inside the prompt; this strategy takes left "
+                   "padding only (zeros before the prompt).")
+        if pad_token_id is not None and bool((input_ids[0, holes] == pad_token_id).all()):
+            message += (f" No attention_mask given? transformers derived one from pad_token_id={pad_token_id}, "
+                        f"which occurs in input_ids at position(s) {where}. If those tokens are text, pass "
+                        "attention_mask=torch.ones_like(input_ids) (or set a pad_token_id the prompt does not "
+                        "contain).")
+        raise ValueError(message)
     return input_ids[:, :n_pad], input_ids[:, n_pad:]
 
 

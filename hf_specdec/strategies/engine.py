@@ -13,6 +13,7 @@ it:
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Protocol
 
 import torch
@@ -34,6 +35,7 @@ from .common import (
     TokenEmitter,
     check_generation_config,
     check_model_kwargs,
+    check_prompt,
     process_tree_scores,
     strip_left_padding,
 )
@@ -69,8 +71,14 @@ def target_forward(model, input_ids, cache, position_ids, attention_mask=None, l
     hidden states after the final norm at every position, what an FSPAD head reads. A prefill needs logits at
     its last position only (logits_to_keep=1): the lm_head at every prompt position is a fifth of SmolLM2's
     weights applied to the whole prompt for nothing."""
-    captured = []
-    hook = model.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
+    captured, caller = [], threading.get_ident()
+
+    def capture(module, args, out):
+        # the hook sits on a module other threads may run at the same time: keep this call's output only
+        if threading.get_ident() == caller:
+            captured.append(out.last_hidden_state)
+
+    hook = model.get_decoder().register_forward_hook(capture)
     try:
         out = model(
             input_ids=input_ids,
@@ -96,6 +104,7 @@ def open_request(strategy: str, model, input_ids, generation_config: GenerationC
                  model_kwargs: dict, draft=None, extra_options: set[str] = frozenset()):
     """Checks shared by the tree strategies (the target's and the draft's among them); returns (cache, left
     padding, unpadded prompt)."""
+    check_prompt(strategy, input_ids)
     check_generation_config(strategy, generation_config)
     for network in (model, draft):
         if network is not None:
@@ -114,7 +123,7 @@ def open_request(strategy: str, model, input_ids, generation_config: GenerationC
     check_compactable(cache)
     if cache.get_seq_length() > 0:
         raise ValueError(f"strategy={strategy!r} starts from an empty cache; do not pass a filled cache.")
-    padding, prompt = strip_left_padding(input_ids, model_kwargs.get("attention_mask"))
+    padding, prompt = strip_left_padding(input_ids, model_kwargs.get("attention_mask"), generation_config.pad_token_id)
     return cache, padding, prompt
 
 

@@ -26,7 +26,7 @@ from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from ..compat import CACHE_KWARGS, cache_kwargs, given_cache
 from ..ngram import NgramTable
-from .common import check_model_kwargs
+from .common import check_generation_config, check_model_kwargs, check_prompt, processor_options, strip_left_padding
 
 DEFAULT_K = 3
 DEFAULT_ALPHA = 0.54  # the paper's n-gram weight
@@ -101,10 +101,10 @@ def check_request(generation_config: GenerationConfig, logits_processor, stoppin
                          "remove do_sample=True, or sample with stock generate.")
     if generation_config.num_beams not in (None, 1):
         raise ValueError("strategy='superposed' is its own beam-like search: remove num_beams.")
+    check_generation_config("superposed", generation_config, allowed=("num_return_sequences", "num_beams"))
     if logits_processor:
-        names = ", ".join(type(p).__name__ for p in logits_processor)
-        raise ValueError(f"strategy='superposed' does not apply logits processors ({names}); remove the options "
-                         "that create them (repetition_penalty, min_new_tokens, bad_words_ids, ...).")
+        raise ValueError(f"strategy='superposed' applies no logits processors; remove "
+                         f"{', '.join(processor_options(logits_processor))}.")
     other = [type(c).__name__ for c in stopping_criteria
              if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria, MaxTimeCriteria))]
     if other:
@@ -135,6 +135,7 @@ def superposed_generate(
     max_new_tokens=n, ngram=table | path | False, superposed_alpha=0.54, superposed_temperature=0.06,
     n_token_sample=3k)`. Returns k sequences [k, L + n], best first (`return_dict_in_generate=True` adds
     `sequences_scores`)."""
+    check_prompt("superposed", input_ids)
     k = DEFAULT_K if num_return_sequences is None else num_return_sequences
     n_token_sample = 3 * k if n_token_sample is None else n_token_sample
     check_request(generation_config, logits_processor, stopping_criteria, k, superposed_alpha,
@@ -142,7 +143,8 @@ def superposed_generate(
     if draft_model is not None:
         raise ValueError("strategy='superposed' uses no draft model: remove assistant_model.")
     if streamer is not None:
-        raise ValueError("strategy='superposed' returns k drafts at the end; it cannot stream one sequence.")
+        raise ValueError("strategy='superposed' returns k drafts at the end; it cannot stream one sequence: "
+                         "remove streamer.")
     if synced_gpus:
         raise NotImplementedError("strategy='superposed' does not support synced_gpus.")
     if input_ids.shape[0] != 1:
@@ -152,9 +154,11 @@ def superposed_generate(
     given = given_cache(model_kwargs)
     if given is not None and given.get_seq_length() > 0:
         raise ValueError("strategy='superposed' starts from an empty cache; do not pass a filled cache.")
-    mask = model_kwargs.get("attention_mask")
-    if mask is not None and not bool(mask.all()):
-        raise ValueError("strategy='superposed' takes one unpadded prompt: drop the padding.")
+    # holes in the mask get strip_left_padding's error (which names a mask derived from pad_token_id)
+    padding, _ = strip_left_padding(input_ids, model_kwargs.get("attention_mask"), generation_config.pad_token_id)
+    if padding.shape[1]:
+        raise ValueError("strategy='superposed' takes one unpadded prompt: drop the left padding (the zeros of "
+                         "attention_mask).")
     table = resolve_ngram(ngram, model, tokenizer)
     alpha = superposed_alpha if table is not None else 0.0
 

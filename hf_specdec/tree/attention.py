@@ -13,6 +13,7 @@ models to it for the length of a `generate` call when the kernels serve their de
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -94,23 +95,45 @@ def tree_mask_for(model, ancestors: torch.Tensor, prefix_len: int) -> torch.Tens
     return tree_attention_mask(ancestors, prefix_len, model.dtype)
 
 
+# Models switched to tree attention by tree_attention_for, with (the implementation to restore, the calls
+# inside): concurrent generate calls on one model switch it once and restore it when the last one leaves.
+_SWITCHED: dict[int, list] = {}
+_SWITCH_LOCK = threading.Lock()
+
+
+def _should_switch(model) -> bool:
+    current = model.config._attn_implementation
+    if current == TREE_ATTENTION or not kernels_serve(model.device):
+        return False
+    if current != "sdpa" and get_kernel_mode() != "triton":
+        logger.info("%s keeps attn_implementation=%r: the tree attention kernel replaces sdpa only "
+                    "(force it with HF_SPECDEC_KERNELS=triton).", type(model).__name__, current)
+        return False
+    return True
+
+
 @contextmanager
 def tree_attention_for(*models):
     """For the block, switch the models on devices that the kernels serve from sdpa to tree attention (with the
-    kernel mode forced to "triton", from any implementation); restore them afterwards."""
-    switched = []
+    kernel mode forced to "triton", from any implementation); restore them when the last block using them
+    ends."""
+    entered = []
     try:
-        for model in models:
-            current = model.config._attn_implementation
-            if current == TREE_ATTENTION or not kernels_serve(model.device):
-                continue
-            if current != "sdpa" and get_kernel_mode() != "triton":
-                logger.info("%s keeps attn_implementation=%r: the tree attention kernel replaces sdpa only "
-                            "(force it with HF_SPECDEC_KERNELS=triton).", type(model).__name__, current)
-                continue
-            model.set_attn_implementation(TREE_ATTENTION)
-            switched.append((model, current))
+        with _SWITCH_LOCK:
+            for model in models:
+                entry = _SWITCHED.get(id(model))
+                if entry is None and _should_switch(model):
+                    entry = _SWITCHED[id(model)] = [model.config._attn_implementation, 0]
+                    model.set_attn_implementation(TREE_ATTENTION)
+                if entry is not None:
+                    entry[1] += 1
+                    entered.append(model)
         yield
     finally:
-        for model, previous in switched:
-            model.set_attn_implementation(previous)
+        with _SWITCH_LOCK:
+            for model in entered:
+                entry = _SWITCHED[id(model)]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _SWITCHED[id(model)]
+                    model.set_attn_implementation(entry[0])
