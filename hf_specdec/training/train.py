@@ -25,7 +25,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .features import is_validation, load_samples, read_manifest
-from .losses import feature_noise, fspad_loss
+from .losses import fspad_loss
+from .multistep import unrolled_loss, unrolled_outputs
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -71,36 +72,18 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-# ---------------------------------------------------------------------------------------------- the step
-def head_outputs(head, batch: dict, noise_generator: torch.Generator | None, wrapped=None):
-    """Run the head over a batch in training layout and keep the trained positions (f_{t+1} a response token).
-
-    Returns, for those N positions: regressed f_{t+1} [N, H], draft logits [N, V'], target f_{t+1} [N, H] and
-    target logits [N, V'], logits over the head's draft vocabulary. Logits are computed only where they are
-    trained: the lm_head products are most of a training step's cost. `wrapped`: the head as accelerate
-    prepared it (DistributedDataParallel on several GPUs), whose forward must run for gradients to sync.
-    """
-    features = batch["features"].float()
-    f_in, f_next = features[:, :-1], features[:, 1:]
-    if noise_generator is not None:
-        f_in = feature_noise(f_in, generator=noise_generator)
-    # causal attention: right padding never reaches a real position
-    out = (head if wrapped is None else wrapped)(input_ids=batch["input_ids"][:, 1:], features=f_in)
-    mask = batch["loss_mask"][:, 1:]
-    draft_logits = head.compute_logits(out.hidden_states[mask])
-    f_next = f_next[mask]
-    with torch.no_grad():
-        target_logits = head.compute_logits(f_next.to(out.hidden_states.dtype))
-    return out.features[mask], draft_logits, f_next, target_logits
-
-
+# ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3) -> dict:
-    """Losses and top-1 / top-k accuracy of the head's token against the target's argmax on held-back samples."""
+def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1) -> dict:
+    """Losses and top-1 / top-k accuracy of the head's token against the target's argmax on held-back samples
+    (step 1: fed the target's features); with steps > 1 also `top1_step{j}`, the accuracy of the head's step-j
+    prediction fed its own features (multistep.py), which multi-step training should raise."""
     head.eval()
     totals = {"loss": 0.0, "vloss": 0.0, "ploss": 0.0, "top1": 0.0, f"top{top_k}": 0.0, "tokens": 0}
+    per_step = {j: [0.0, 0] for j in range(2, steps + 1)}
     for idx in make_batches(samples, batch_tokens, seed=0):
-        regress, logits, f_next, target_logits = head_outputs(head, collate([samples[i] for i in idx]), None)
+        results = unrolled_outputs(head, collate([samples[i] for i in idx]), None, steps)
+        regress, logits, f_next, target_logits = results[0]
         n = logits.shape[0]
         if n == 0:
             continue
@@ -113,9 +96,15 @@ def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3) -> di
         totals["top1"] += float((ranked[:, 0] == want).sum())
         totals[f"top{top_k}"] += float((ranked == want[:, None]).any(-1).sum())
         totals["tokens"] += n
+        for j, (_, step_logits, _, step_target) in enumerate(results[1:], start=2):
+            per_step[j][0] += float((step_logits.argmax(-1) == step_target.argmax(-1)).sum())
+            per_step[j][1] += step_logits.shape[0]
     head.train()
     n = max(totals["tokens"], 1)
-    return {k: (v / n if k != "tokens" else v) for k, v in totals.items()}
+    result = {k: (v / n if k != "tokens" else v) for k, v in totals.items()}
+    for j, (hits, count) in per_step.items():
+        result[f"top1_step{j}"] = hits / max(count, 1)
+    return result
 
 
 def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.Tensor:
@@ -198,6 +187,10 @@ def train(args, target=None, tokenizer=None) -> Path:
     if raw_head._target.draft_lm_weight is not None:
         raw_head._target.draft_lm_weight = raw_head._target.draft_lm_weight.to(accelerator.device)
 
+    def step_loss(regress, logits, f_next, target_logits):
+        ones = torch.ones(logits.shape[0], device=logits.device)
+        return fspad_loss(regress, logits, f_next, target_logits, ones, 1.0, args.logit_weight)
+
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     ckpt = latest_checkpoint(out_dir) if not args.restart else None
     if ckpt is not None:
@@ -224,9 +217,10 @@ def train(args, target=None, tokenizer=None) -> Path:
             batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in batches[b]]).items()}
             noise = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1_000_003 + state["step"])
             with accelerator.autocast():
-                regress, logits, f_next, target_logits = head_outputs(raw_head, batch, noise, wrapped=head)
-                ones = torch.ones(logits.shape[0], device=logits.device)
-                loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, ones, 1.0, args.logit_weight)
+                results = unrolled_outputs(raw_head, batch, noise, args.unroll, wrapped=head)
+                loss, per_step = unrolled_loss(results, step_loss, args.unroll_decay)
+            _, vloss, ploss = per_step[0]
+            _, logits, _, target_logits = results[0]
             accelerator.backward(loss)
             accelerator.clip_grad_value_(head.parameters(), args.clip)
             optimizer.step()
@@ -239,15 +233,16 @@ def train(args, target=None, tokenizer=None) -> Path:
                     acc = float((logits.argmax(-1) == target_logits.argmax(-1)).float().mean())
                 bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{acc:.3f}")
                 log({"step": state["step"], "loss": loss.item(), "vloss": vloss.item(), "ploss": ploss.item(),
+                     "step_losses": [float(losses[0]) for losses in per_step],
                      "train_top1": acc, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - started})
             if args.save_every and state["step"] % args.save_every == 0:
                 save_checkpoint(accelerator, out_dir, state)
             if args.eval_every and state["step"] % args.eval_every == 0 and val:
-                log({"step": state["step"], "val": evaluate(raw_head, val, args.batch_tokens)})
+                log({"step": state["step"], "val": evaluate(raw_head, val, args.batch_tokens, steps=args.unroll)})
         else:  # epoch finished
             state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
             if val:
-                result = evaluate(raw_head, val, args.batch_tokens)
+                result = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll)
                 log({"step": state["step"], "epoch": state["epoch"], "val": result})
                 accelerator.print(f"epoch {state['epoch']}: val top1 {result['top1']:.3f} top3 {result['top3']:.3f}")
     bar.close()
@@ -255,7 +250,7 @@ def train(args, target=None, tokenizer=None) -> Path:
         save_checkpoint(accelerator, out_dir, state)
     final = {"step": state["step"], "final": True}
     if val:
-        final["val"] = evaluate(raw_head, val, args.batch_tokens)
+        final["val"] = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll)
         if args.draft_vocab:
             in_vocab = torch.zeros(raw_head.config.vocab_size, dtype=torch.bool)
             in_vocab[raw_head.draft_to_target.cpu()] = True
@@ -283,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip", type=float, default=0.5, help="gradient clipping by value (the paper's 0.5)")
     p.add_argument("--logit-weight", type=float, default=0.1, help="weight of ploss (the paper's 0.1)")
+    p.add_argument("--unroll", type=int, default=1, help="multi-step training: run the head this many steps "
+                   "per batch, step j >= 2 on its own features (training/multistep.py); 1 is single-step training")
+    p.add_argument("--unroll-decay", type=float, default=0.8, help="weight decay^(j-1) of step j's loss")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
@@ -302,7 +300,7 @@ def main(argv=None):
 
 
 def evaluate_heads(head_dirs, features, val_fraction=0.05, batch_tokens=4096, model=None, target=None,
-                   tokenizer=None) -> dict:
+                   tokenizer=None, steps: int = 1) -> dict:
     """Held-back accuracy of saved heads on one feature folder's validation split, so that heads trained on
     different data (or budgets) are compared on the same positions. {head_dir: evaluate(...)}"""
     from ..draft import FSPADDraftModel
@@ -320,7 +318,7 @@ def evaluate_heads(head_dirs, features, val_fraction=0.05, batch_tokens=4096, mo
         check_features_match(manifest, head, features)
         head.attach_target(target, tokenizer)
         with torch.no_grad():
-            results[str(head_dir)] = evaluate(head, val, batch_tokens)
+            results[str(head_dir)] = evaluate(head, val, batch_tokens, steps=steps)
     return results
 
 
@@ -332,9 +330,14 @@ def evaluate_main(argv=None):
     p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="the split `hf-specdec train` held back")
     p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=3, help="also the top-1 of steps 2..N, fed the head's own features")
     args = p.parse_args(argv)
-    results = evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens, model=args.model)
-    print("| head | top-1 | top-3 | positions |\n|---|---|---|---|")
+    results = evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens, model=args.model,
+                             steps=args.steps)
+    later = [f"top-1 step {j}" for j in range(2, args.steps + 1)]
+    print("| head | top-1 | top-3 | " + "".join(f"{c} | " for c in later) + "positions |")
+    print("|---|---|---|" + "---|" * len(later) + "---|")
     for head_dir, r in results.items():
-        print(f"| {head_dir} | {r['top1']:.1%} | {r['top3']:.1%} | {r['tokens']:,} |")
+        steps = "".join(f"{r[f'top1_step{j}']:.1%} | " for j in range(2, args.steps + 1))
+        print(f"| {head_dir} | {r['top1']:.1%} | {r['top3']:.1%} | {steps}{r['tokens']:,} |")
     return 0

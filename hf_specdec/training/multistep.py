@@ -1,0 +1,79 @@
+"""Multi-step training (EAGLE-3's training-time test, HASS's context alignment; research/heads.md section 1).
+
+Drafting runs the head on its own outputs: the depth-d node of a tree rooted after L committed tokens sits at
+head position p = L + d - 1, reads (x_{p+1}, f^_p) with f^_p the head's regressed feature from its parent, and
+attends to the real pairs at positions 0..L-1 plus its ancestors. Trained only on the target's features
+(step 1), the head never sees that input. Unrolled step j >= 2 shows it: every position p at once plays the
+depth-(j - 1) node, reading the true token x_{p+1} and step j-1's regressed feature at p - 1, with the
+attention of that node:
+
+    step j, position p sees   step 1's keys at q <= p - j + 1      (the real pairs, root's included)
+                              step k's key  at q = p - j + k        for k = 2..j (its ancestors, itself last)
+
+All steps are trained on the same targets (f_{p+1}, and softmax(lm_head(f_{p+1})) for the token x_{p+2}), at
+positions p >= j - 1 (where the whole chain exists), with weight decay^(j-1). One step is today's training
+exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .losses import feature_noise
+
+
+def step_visibility(T: int, step: int, device=None) -> torch.Tensor:
+    """bool [T, step * T]: which keys query position p of unrolled step `step` (1-based) attends to; column
+    (k - 1) * T + q is step k's key at position q (module docstring)."""
+    p = torch.arange(T, device=device)[:, None]
+    q = torch.arange(T, device=device)[None, :]
+    blocks = [q <= p - step + 1] + [q == p - step + k for k in range(2, step + 1)]
+    return torch.cat(blocks, dim=1)
+
+
+def step_mask(T: int, step: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """step_visibility as an additive 4D mask [1, 1, T, step * T] for the head's attention."""
+    visible = step_visibility(T, step, device)
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+
+
+def unrolled_outputs(head, batch: dict, noise_generator: torch.Generator | None, steps: int = 1, wrapped=None):
+    """The head unrolled `steps` times over a batch in training layout (input_ids [B, T+1], features
+    [B, T+1, H], loss_mask [B, T+1]). Returns one tuple per step, for its N_j trained positions: (regressed
+    f_{p+1} [N_j, H], draft logits [N_j, V'], target f_{p+1} [N_j, H], target logits [N_j, V']); logits only
+    where trained (the lm_head products are most of a step's cost). `wrapped`: the head as accelerate prepared
+    it, whose forward must run for gradients to sync."""
+    model = head if wrapped is None else wrapped
+    features = batch["features"].float()
+    f_in, f_next = features[:, :-1], features[:, 1:]
+    if noise_generator is not None:
+        f_in = feature_noise(f_in, generator=noise_generator)
+    tokens, trained = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
+    T = tokens.shape[1]
+    # step 1 is causal attention (right padding never reaches a real position); later steps attend to the
+    # keys the earlier steps left in this cache
+    cache = DynamicCache() if steps > 1 else None
+    results, fed = [], f_in
+    for step in range(1, steps + 1):
+        if step == 1:
+            out = model(input_ids=tokens, features=fed, cache=cache)
+        else:
+            out = model(input_ids=tokens, features=fed, cache=cache,
+                        position_ids=torch.arange(T, device=tokens.device)[None],
+                        attention_mask=step_mask(T, step, out.hidden_states.dtype, tokens.device))
+        keep = trained & (torch.arange(T, device=tokens.device) >= step - 1)
+        draft_logits = head.compute_logits(out.hidden_states[keep])
+        with torch.no_grad():
+            target_logits = head.compute_logits(f_next[keep].to(out.hidden_states.dtype))
+        results.append((out.features[keep], draft_logits, f_next[keep], target_logits))
+        # step j's regressed feature at p - 1 is what step j + 1 reads at p (position 0 has none: never trained)
+        fed = torch.cat([torch.zeros_like(out.features[:, :1]), out.features[:, :-1]], dim=1)
+    return results
+
+
+def unrolled_loss(results, loss_fn, decay: float = 0.8):
+    """sum_j decay^(j-1) * loss_j over the steps, and each step's (loss, vloss, ploss)."""
+    per_step = [loss_fn(*r) for r in results]
+    total = sum(decay**j * losses[0] for j, losses in enumerate(per_step))
+    return total, per_step
