@@ -18,6 +18,7 @@ COMMANDS = {
     "hook-cost": ("hf_specdec.bench.hook_cost", "stock generate (no strategy=) with the import's hook vs without it"),
     "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
+    "make-prompts": ("hf_specdec.training.prompts", "translation / back-translation / second-turn prompts for distill"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
     "train": ("hf_specdec.training.train", "train an FSPAD / EAGLE-2 head on extracted features (resumable)"),
     "evaluate": ("hf_specdec.training.train:evaluate_main", "held-back top-1 / top-3 of saved heads on one feature split"),

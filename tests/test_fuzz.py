@@ -172,7 +172,8 @@ def check_case(setup, strategy: str, seed: int):
     rng = random.Random(seed)
     prompt = random_prompt(rng, len(tokenizer))
     reference = target.generate(prompt, max_new_tokens=24, do_sample=False)
-    continuation = reference[0, prompt.shape[1]:].tolist()
+    # tokens the target produces here (padded with the prompt's where it stops early at EOS)
+    continuation = (reference[0, prompt.shape[1]:].tolist() + prompt[0].tolist() * 12)[:24]
     options = sample_options(rng, strategy, prompt.shape[1], continuation, tokenizer)
     mask = None
     if rng.random() < 0.2:  # left padding with a mask, as a batching tokenizer makes it

@@ -234,3 +234,76 @@ def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_
     FSPADDraftModel.from_target(tiny_target("llama", seed=1)).save_pretrained(foreign)
     with pytest.raises(ValueError, match="another target"):
         train_mod.evaluate_heads([foreign], features, val_fraction=0.2, batch_tokens=256, target=target)
+
+
+# ------------------------------------------------------------------------------------- closer data (v3)
+def test_translation_prompts_from_pool_sentences():
+    from hf_specdec.training import prompts
+
+    pool = [
+        {"id": 1, "prompt": "def f(x): return x", "reference": "x = {1: 2}"},  # code: no sentence to translate
+        {"id": 2, "prompt": "Q?", "reference": "The cat sat on the warm mat all day. It was happy there, as always."},
+        {"id": 3, "prompt": "Summarize: The river flooded the old town after three days of heavy rain.", "reference": "ok"},
+    ]
+    rows = prompts.translation_rows(pool, [("en", "de"), ("en", "fr")], limit=10)
+    assert [r["id"] for r in rows] == ["tr-en-de-2", "tr-en-fr-3"]
+    assert rows[0]["source"] == "translation-en-de" and "German" in rows[0]["prompt"] and "English" in rows[0]["prompt"]
+    assert "cat sat" in rows[0]["prompt"] or "happy there" in rows[0]["prompt"]
+    assert "river flooded" in rows[1]["prompt"] and "French" in rows[1]["prompt"]
+    assert prompts.english_sentences("short one. x = y + 1 is code {here}. A sentence long enough to be kept here.") == [
+        "A sentence long enough to be kept here."]
+
+
+def test_back_translation_and_second_turn_rows():
+    from hf_specdec.training import prompts
+
+    tr = [{"id": "tr-en-de-2", "src_lang": "en", "tgt_lang": "de", "prompt": "..."},
+          {"id": "tr-en-fr-3", "src_lang": "en", "tgt_lang": "fr", "prompt": "..."}]
+    back = prompts.back_translation_rows(tr, {"tr-en-de-2": "Die Katze sass den ganzen Tag.", "tr-en-fr-3": "Oui"})
+    assert len(back) == 1 and back[0]["id"] == "back-tr-en-de-2" and back[0]["source"] == "translation-de-en"
+    assert "Die Katze sass" in back[0]["prompt"] and "English" in back[0]["prompt"]  # back into English
+
+    convs = [data_mod.Conversation("7", [{"role": "user", "content": "Name a fruit."}], None),
+             data_mod.Conversation("8", [{"role": "user", "content": "Say hi."}], None)]
+    rows = prompts.second_turn_rows(convs, {"7": "An apple is a common fruit.", "8": "Hi"})
+    assert [r["id"] for r in rows] == ["turn2-7"]  # a one-word first answer gets no follow-up
+    roles = [m["role"] for m in rows[0]["messages"]]
+    assert roles == ["user", "assistant", "user"] and rows[0]["messages"][1]["content"] == "An apple is a common fruit."
+    assert rows[0]["messages"][2]["content"] in prompts.FOLLOW_UPS
+
+
+def test_second_turn_answers_are_trained_with_the_first_exchange_in_context(smol_tokenizer, tmp_path):
+    """make-prompts second-turn -> distill: the sample holds both turns; only the new answer is trained."""
+    from hf_specdec.training import prepare, prompts
+
+    target = tiny_target("llama", vocab_size=len(smol_tokenizer))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"id": 0, "source": "a", "prompt": "Tell me about rivers."}) + "\n")
+    first = tmp_path / "first.jsonl"
+    data_mod.self_distill(target, smol_tokenizer, data_mod.read_conversations(pool), first, max_new_tokens=6)
+    answers = {s["id"]: prompts.response_text(smol_tokenizer, s) for s in data_mod.read_samples(first)}
+    answers = {k: v + " more words here" for k, v in answers.items()}  # a random model's answer may be short
+    turn2 = tmp_path / "turn2.jsonl"
+    prompts._write_jsonl(prompts.second_turn_rows(data_mod.read_conversations(pool), answers), turn2)
+    out = tmp_path / "second.jsonl"
+    data_mod.self_distill(target, smol_tokenizer, prepare.select_per_source(turn2, None, None), out, max_new_tokens=5)
+    (sample,) = data_mod.read_samples(out)
+    text = smol_tokenizer.decode(sample["input_ids"])
+    assert sample["id"] == "turn2-0" and "Tell me about rivers." in text and "more words here" in text
+    n_answer = sum(sample["loss_mask"])
+    assert 0 < n_answer <= 5 and sample["loss_mask"][-n_answer:] == [1] * n_answer
+
+
+def test_distill_selects_sources_and_prompt_lengths(smol_tokenizer, tmp_path):
+    from hf_specdec.training import prepare
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"id": i, "source": "long" if i % 2 else "short", "prompt": "word " * (5 + 40 * (i % 2))} for i in range(6)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [c.id for c in prepare.select_per_source(pool, None, None, ["long"])] == ["1", "3", "5"]
+    assert [c.id for c in prepare.select_per_source(pool, 1, None, ["long", "short"])] == ["0", "1"]
+    target = tiny_target("llama", vocab_size=len(smol_tokenizer))
+    out = tmp_path / "long.jsonl"
+    data_mod.self_distill(target, smol_tokenizer, prepare.select_per_source(pool, None, None), out,
+                          max_new_tokens=2, min_prompt_tokens=40)
+    assert sorted(s["id"] for s in data_mod.read_samples(out)) == ["1", "3", "5"]

@@ -100,6 +100,7 @@ def self_distill(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     max_prompt_tokens: int = 1024,
+    min_prompt_tokens: int = 0,
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
@@ -108,7 +109,7 @@ def self_distill(
 
     Resumable: rows already in the file are skipped, and each batch is flushed as it finishes. Prompts are
     batched by length (left padding) so that little compute goes to padding. Prompts longer than
-    `max_prompt_tokens` are skipped.
+    `max_prompt_tokens` or shorter than `min_prompt_tokens` are skipped.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def self_distill(
         if conv.id in done:
             continue
         ids = prompt_ids(tokenizer, conv.messages)
-        if len(ids) <= max_prompt_tokens:
+        if min_prompt_tokens <= len(ids) <= max_prompt_tokens:
             todo.append((conv.id, ids))
     todo.sort(key=lambda item: len(item[1]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

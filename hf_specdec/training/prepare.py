@@ -17,10 +17,11 @@ from .data import read_conversations, read_samples, reference_sample, self_disti
 from .features import extract_features
 
 
-def select_per_source(path, per_source: int | None, limit: int | None) -> list:
-    """The first `per_source` rows of each `source` (rows without one share a single bucket), file order."""
+def select_per_source(path, per_source: int | None, limit: int | None, only_sources=None) -> list:
+    """The first `per_source` rows of each `source` (rows without one share a single bucket), file order;
+    with `only_sources`, rows of those sources alone."""
     conversations = read_conversations(path)
-    if per_source is None:
+    if per_source is None and not only_sources:
         return conversations[:limit]
     sources = {}
     with open(path, encoding="utf-8") as f:
@@ -31,7 +32,9 @@ def select_per_source(path, per_source: int | None, limit: int | None) -> list:
     taken, counts = [], defaultdict(int)
     for conv in conversations:
         source = sources.get(conv.id, "")
-        if counts[source] < per_source:
+        if only_sources and source not in only_sources:
+            continue
+        if per_source is None or counts[source] < per_source:
             counts[source] += 1
             taken.append(conv)
     return taken[:limit]
@@ -57,6 +60,17 @@ def load_target(name: str | None, dtype: torch.dtype, adapter: str | None = None
         # Merged, so the head sees exactly the adapted model's features and can borrow its (adapted) weights.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
     return model, tokenizer
+
+
+def load_target_tokenizer(name: str | None):
+    """The tokenizer of the target (the embedded default when `name` is None), without loading the model."""
+    from transformers import AutoTokenizer
+
+    if name is None:
+        from ..default_model import default_target_path
+
+        return AutoTokenizer.from_pretrained(default_target_path())
+    return AutoTokenizer.from_pretrained(name)
 
 
 def require_training_extra(module: str, what: str):
@@ -89,11 +103,13 @@ def distill_main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--min-prompt-tokens", type=int, default=0, help="skip shorter prompts (long-context data)")
+    p.add_argument("--sources", nargs="+", default=None, help="only rows of these sources")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy")
     args = p.parse_args(argv)
 
     model, tokenizer = load_target(args.model, DTYPES[args.dtype], args.adapter)
-    conversations = select_per_source(args.prompts, args.per_source, args.limit)
+    conversations = select_per_source(args.prompts, args.per_source, args.limit, args.sources)
     self_distill(
         model,
         tokenizer,
@@ -102,6 +118,7 @@ def distill_main(argv=None):
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens,
+        min_prompt_tokens=args.min_prompt_tokens,
         do_sample=args.sample,
     )
     return 0
