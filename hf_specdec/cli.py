@@ -19,6 +19,7 @@ COMMANDS = {
     "profile": ("hf_specdec.bench.profile", "where strategy='fspad' spends its time (cProfile breakdown)"),
     "distill": ("hf_specdec.training.prepare:distill_main", "answer training prompts with the target (self-distillation)"),
     "make-prompts": ("hf_specdec.training.prompts", "translation / back-translation / second-turn prompts for distill"),
+    "data-stats": ("hf_specdec.training.prompts:stats_main", "token counts and length histogram of distilled samples"),
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
     "train": ("hf_specdec.training.train", "train an FSPAD / EAGLE-2 head on extracted features (resumable)"),
     "evaluate": ("hf_specdec.training.train:evaluate_main", "held-back top-1 / top-3 of saved heads on one feature split"),

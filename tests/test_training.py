@@ -307,3 +307,12 @@ def test_distill_selects_sources_and_prompt_lengths(smol_tokenizer, tmp_path):
     data_mod.self_distill(target, smol_tokenizer, prepare.select_per_source(pool, None, None), out,
                           max_new_tokens=2, min_prompt_tokens=40)
     assert sorted(s["id"] for s in data_mod.read_samples(out)) == ["1", "3", "5"]
+
+
+def test_sample_stats_counts_tokens_and_lengths():
+    from hf_specdec.training.prompts import sample_stats
+
+    samples = [{"input_ids": [1] * n, "loss_mask": [0] * (n // 2) + [1] * (n - n // 2)} for n in (10, 300, 300, 3000)]
+    s = sample_stats(samples)
+    assert s["samples"] == 4 and s["tokens"] == 3610 and s["trained_tokens"] == 5 + 150 + 150 + 1500
+    assert s["lengths"] == {"<=256": 1, "<=512": 2, "<=1024": 0, "<=2048": 0, ">2048": 1}

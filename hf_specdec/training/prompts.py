@@ -163,3 +163,32 @@ def main(argv=None):
     _write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} prompts to {args.out}")
     return 0
+
+
+LENGTH_BINS = (256, 512, 1024, 2048)
+
+
+def sample_stats(samples: list[dict]) -> dict:
+    """Samples, tokens, trained (response) tokens and the sequence-length histogram of distilled samples."""
+    lengths = [len(s["input_ids"]) for s in samples]
+    bins = {f"<={b}": 0 for b in LENGTH_BINS} | {f">{LENGTH_BINS[-1]}": 0}
+    for n in lengths:
+        key = next((f"<={b}" for b in LENGTH_BINS if n <= b), f">{LENGTH_BINS[-1]}")
+        bins[key] += 1
+    return {"samples": len(samples), "tokens": sum(lengths), "trained_tokens": sum(sum(s["loss_mask"]) for s in samples),
+            "lengths": bins}
+
+
+def stats_main(argv=None):
+    p = argparse.ArgumentParser(prog="hf-specdec data-stats",
+                                description="Token counts and sequence-length histogram of distilled sample files.")
+    p.add_argument("samples", nargs="+", help="JSONL files written by `hf-specdec distill`")
+    args = p.parse_args(argv)
+    header = "| file | samples | tokens | trained tokens | " + " | ".join(
+        [f"<={b}" for b in LENGTH_BINS] + [f">{LENGTH_BINS[-1]}"]) + " |"
+    print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
+    for path in args.samples:
+        s = sample_stats(read_samples(path))
+        print(f"| {path} | {s['samples']:,} | {s['tokens']:,} | {s['trained_tokens']:,} | "
+              + " | ".join(str(v) for v in s["lengths"].values()) + " |")
+    return 0
