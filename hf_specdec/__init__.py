@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModel
 
 from .accel import get_kernel_mode, kernel_mode, set_kernel_mode
 from .default_model import default_target, default_target_path
-from .draft import FSPADConfig, FSPADDraftModel
+from .draft import FSPADConfig, FSPADDraftModel, load_draft
 from .heads import default_baseline_draft, default_draft
 from .hook import install_generate_hook, specdec_generate, uninstall_generate_hook
 from .ngram import NgramTable
@@ -57,6 +57,7 @@ __all__ = [
     "default_target_path",
     "fspad_generate",
     "install_generate_hook",
+    "load_draft",
     "specdec_generate",
     "spechub_generate",
     "superposed_generate",

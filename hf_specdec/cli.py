@@ -23,6 +23,7 @@ COMMANDS = {
     "features": ("hf_specdec.training.prepare:features_main", "extract target features for head training"),
     "train": ("hf_specdec.training.train", "train an FSPAD / EAGLE-2 head on extracted features (resumable)"),
     "evaluate": ("hf_specdec.training.train:evaluate_main", "held-back top-1 / top-3 of saved heads on one feature split"),
+    "convert": ("hf_specdec.training.export:convert_main", "a draft head from EAGLE / FSPAD-reference layouts into ours (and back)"),
     "ngram": ("hf_specdec.ngram", "build an n-gram table (for strategy='superposed') from a text corpus"),
     "export": ("hf_specdec.training.export", "a trained head as a Hub-ready folder with its tuned tree shape"),
 }

@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
+import threading
+import weakref
 
 from transformers import GenerationConfig, StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
@@ -44,7 +47,7 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
     decode = STRATEGIES[name]
     _check_foreign_options(name, kwargs)
     bound = {
-        "draft_model": kwargs.pop("assistant_model", None),
+        "draft_model": _draft_for(model, kwargs.pop("assistant_model", None), kwargs),
         "streamer": kwargs.pop("streamer", None),
         "tokenizer": kwargs.pop("tokenizer", None),
     }
@@ -76,6 +79,25 @@ def specdec_generate(model, inputs=None, generation_config=None, *, strategy=_UN
         if getattr(model_config, "stop_strings", None):
             kwargs["stop_strings"] = None  # stock fills a None in the given config from the model's config
     return _STOCK_GENERATE(model, inputs, generation_config, custom_generate=functools.partial(decode, **bound), **kwargs)
+
+
+# Heads named by a string (folder or Hub id), loaded once per target: {target: {(name, revision): head}}.
+_LOADED_DRAFTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOADING = threading.Lock()
+
+
+def _draft_for(model, draft, kwargs):
+    """assistant_model as given, or -- for a string -- the head `load_draft` makes of it, cached per target."""
+    if not isinstance(draft, (str, os.PathLike)):
+        return draft
+    from .draft import load_draft
+
+    key = (str(draft), kwargs.pop("assistant_revision", None))
+    with _LOADING:
+        per_target = _LOADED_DRAFTS.setdefault(model, {})
+        if key not in per_target:
+            per_target[key] = load_draft(key[0], target=model, revision=key[1])
+        return per_target[key]
 
 
 def _check_foreign_options(name: str, kwargs: dict) -> None:

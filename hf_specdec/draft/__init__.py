@@ -1,6 +1,9 @@
-"""The draft models: the FSPAD head (and the EAGLE-2 baseline head as one of its configurations)."""
+"""The draft models: the FSPAD head (and the EAGLE-2 baseline head as one of its configurations), and the
+layouts other projects publish heads in (formats.py)."""
 
 from .configuration_fspad import FSPADConfig
+from .formats import load_draft, save_layout
 from .modeling_fspad import FSPADDraftModel, FSPADOutput, embedding_fingerprint, tokenizer_hash
 
-__all__ = ["FSPADConfig", "FSPADDraftModel", "FSPADOutput", "embedding_fingerprint", "tokenizer_hash"]
+__all__ = ["FSPADConfig", "FSPADDraftModel", "FSPADOutput", "embedding_fingerprint", "load_draft", "save_layout",
+           "tokenizer_hash"]

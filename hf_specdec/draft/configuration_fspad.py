@@ -14,6 +14,7 @@ class FSPADConfig(PretrainedConfig):
     Args:
         hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps,
         rope_theta, max_position_embeddings, attention_bias: the decoder layer's shape (copied from the target).
+        fc_bias: whether the fusion layer `fc` has a bias (EAGLE heads saved with `"bias": false` have none).
         vocab_size: the target's vocabulary size.
         use_feature_sampling: FSPAD's Feature Sampling block (embedding-gated SwiGLU after `fc`).
         use_partial_alignment: FSPAD's Partial Alignment Distillation (down projection widened to 2H; the first
@@ -21,7 +22,9 @@ class FSPADConfig(PretrainedConfig):
             Both False gives the EAGLE-2 baseline head; one of them gives the paper's single-component ablations.
         draft_vocab_size: score only this many target tokens (a frozen slice of the target's lm_head selected
             by the saved `draft_to_target` map). None scores the full vocabulary.
+        rope_scaling: the rotary scaling of the target (e.g. Llama-3.1's "llama3"), None for plain RoPE.
         target_*: what the head was made for; checked when the head is paired with a target.
+        source_layout, source: for a head converted from another project's layout (formats.py), which one.
     """
 
     model_type = "fspad"
@@ -35,8 +38,10 @@ class FSPADConfig(PretrainedConfig):
         head_dim: int | None = None,
         rms_norm_eps: float = 1e-5,
         rope_theta: float = 10000.0,
+        rope_scaling: dict | None = None,
         max_position_embeddings: int = 8192,
         attention_bias: bool = False,
+        fc_bias: bool = True,
         attention_dropout: float = 0.0,
         vocab_size: int = 49152,
         use_feature_sampling: bool = True,
@@ -47,6 +52,8 @@ class FSPADConfig(PretrainedConfig):
         target_fingerprint: list[float] | None = None,
         target_tokenizer_hash: str | None = None,
         target_adapter: str | None = None,
+        source_layout: str | None = None,
+        source: str | None = None,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -57,8 +64,10 @@ class FSPADConfig(PretrainedConfig):
         self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
+        self.rope_scaling = rope_scaling
         self.max_position_embeddings = max_position_embeddings
         self.attention_bias = attention_bias
+        self.fc_bias = fc_bias
         self.attention_dropout = attention_dropout
         self.vocab_size = vocab_size
         self.use_feature_sampling = use_feature_sampling
@@ -69,6 +78,8 @@ class FSPADConfig(PretrainedConfig):
         self.target_fingerprint = target_fingerprint
         self.target_tokenizer_hash = target_tokenizer_hash
         self.target_adapter = target_adapter
+        self.source_layout = source_layout
+        self.source = source
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
@@ -96,5 +107,5 @@ class FSPADConfig(PretrainedConfig):
             attention_bias=self.attention_bias,
             num_hidden_layers=1,
             vocab_size=self.vocab_size,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            rope_parameters={"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta},
         )

@@ -111,7 +111,7 @@ class FSPADDraftModel(PreTrainedModel):
         super().__init__(config)
         self.generation_config = getattr(self, "generation_config", None)  # tree defaults, see save_pretrained
         H, I = config.hidden_size, config.intermediate_size
-        self.fc = nn.Linear(2 * H, H, bias=True)
+        self.fc = nn.Linear(2 * H, H, bias=config.fc_bias)
         if config.use_feature_sampling:
             self.fs_norm = LlamaRMSNorm(H, eps=config.rms_norm_eps)
             self.fs_gate_proj = nn.Linear(H, I, bias=False)

@@ -1,0 +1,224 @@
+"""Heads in other projects' layouts (draft/formats.py): checkpoints written here with each layout's exact key
+names and shapes (tiny sizes), loaded through load_draft and assistant_model="<folder>", checked against an
+independent forward written from the layout's description."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_target
+from safetensors.torch import save_file
+
+import hf_specdec
+from hf_specdec import FSPADDraftModel, load_draft
+from hf_specdec.draft.formats import save_layout
+from hf_specdec.tree import CostCurve
+
+H, I, NH, NKV, D, V = 64, 128, 4, 2, 16, 128
+CURVE = CostCurve((1, 4, 16, 32), (1.0, 1.2, 1.6, 2.4), 0.3, 0.2)
+
+
+# ------------------------------------------------------------------ the layouts' forward, from their description
+def rms(x, w, eps=1e-6):
+    return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def rope(x, theta=10000.0):
+    """x [T, heads, D] at positions 0..T-1, rotating the two halves of each head."""
+    T = x.shape[0]
+    inv = 1.0 / theta ** (torch.arange(0, D, 2).float() / D)
+    angles = torch.arange(T).float()[:, None] * inv[None]  # [T, D/2]
+    cos, sin = torch.cat([angles.cos()] * 2, -1)[:, None], torch.cat([angles.sin()] * 2, -1)[:, None]
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def linear(x, w, b=None):
+    return x @ w.T + (b if b is not None else 0)
+
+
+def reference_logits(w: dict, layout: str, embedding, lm_head, tokens, features):
+    """EAGLE-1/2: h = fc(cat(emb(x), f)); one decoder layer without input norm; lm_head(out), no final norm.
+    FSPAD reference: fc.fc, then h + fc.mlp.down(SiLU(gate(e)) * up(norm(h))); the layer's MLP output is 2H
+    wide: the first half (after the residual) goes to the lm_head."""
+    fc = "fc.fc" if layout == "fspad-reference" else "fc"
+    e = embedding[tokens]
+    h = linear(torch.cat([e, features], -1), w[f"{fc}.weight"], w.get(f"{fc}.bias"))
+    if layout == "fspad-reference":
+        gate, up = linear(e, w["fc.mlp.gate_proj.weight"]), linear(rms(h, w["fc.post_attention_layernorm.weight"]), w["fc.mlp.up_proj.weight"])
+        h = h + linear(torch.nn.functional.silu(gate) * up, w["fc.mlp.down_proj.weight"])
+    a = "layers.0.self_attn"
+    q = rope(linear(h, w[f"{a}.q_proj.weight"], w.get(f"{a}.q_proj.bias")).view(-1, NH, D))
+    k = rope(linear(h, w[f"{a}.k_proj.weight"], w.get(f"{a}.k_proj.bias")).view(-1, NKV, D))
+    v = linear(h, w[f"{a}.v_proj.weight"], w.get(f"{a}.v_proj.bias")).view(-1, NKV, D)
+    k, v = k.repeat_interleave(NH // NKV, 1), v.repeat_interleave(NH // NKV, 1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) / D**0.5
+    scores = scores.masked_fill(~torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril(), float("-inf"))
+    attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(len(tokens), NH * D)
+    x = h + linear(attn, w[f"{a}.o_proj.weight"], w.get(f"{a}.o_proj.bias"))
+    m = rms(x, w["layers.0.post_attention_layernorm.weight"])
+    mlp = linear(torch.nn.functional.silu(linear(m, w["layers.0.mlp.gate_proj.weight"])) * linear(m, w["layers.0.mlp.up_proj.weight"]),
+                 w["layers.0.mlp.down_proj.weight"])
+    out = x + mlp[..., :H]
+    return linear(out, lm_head)
+
+
+def write_head(folder, layout, target, fc_bias=True, qkv_bias=False, fmt="safetensors", extra=None, drop=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.08):
+        return torch.randn(*shape, generator=g) * scale
+
+    fc = "fc.fc" if layout == "fspad-reference" else "fc"
+    w = {f"{fc}.weight": rand(H, 2 * H)}
+    if fc_bias:
+        w[f"{fc}.bias"] = rand(H)
+    a = "layers.0.self_attn"
+    w.update({f"{a}.q_proj.weight": rand(NH * D, H), f"{a}.k_proj.weight": rand(NKV * D, H),
+              f"{a}.v_proj.weight": rand(NKV * D, H), f"{a}.o_proj.weight": rand(H, NH * D)})
+    if qkv_bias:
+        w.update({f"{a}.q_proj.bias": rand(NH * D), f"{a}.k_proj.bias": rand(NKV * D), f"{a}.v_proj.bias": rand(NKV * D)})
+    w.update({"layers.0.mlp.gate_proj.weight": rand(I, H), "layers.0.mlp.up_proj.weight": rand(I, H),
+              "layers.0.mlp.down_proj.weight": rand(2 * H if layout == "fspad-reference" else H, I),
+              "layers.0.post_attention_layernorm.weight": 1 + rand(H)})
+    if layout == "fspad-reference":
+        w.update({"fc.mlp.gate_proj.weight": rand(I, H), "fc.mlp.up_proj.weight": rand(I, H),
+                  "fc.mlp.down_proj.weight": rand(H, I), "fc.post_attention_layernorm.weight": 1 + rand(H)})
+    w["embed_tokens.weight"] = target.get_input_embeddings().weight.detach().clone()
+    w.update(extra or {})
+    for key in drop or ():
+        del w[key]
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": I,
+              "num_attention_heads": NH, "num_key_value_heads": NKV, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+              "max_position_embeddings": 2048, "vocab_size": V, "num_hidden_layers": 1, "bias": fc_bias}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if fmt == "safetensors":
+        save_file(w, folder / "model.safetensors")
+    else:
+        torch.save(w, folder / "pytorch_model.bin")
+    return w
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_target("llama")
+
+
+def head_logits(head, tokens, features):
+    out = head(input_ids=tokens[None], features=features[None])
+    return head.compute_logits(out.hidden_states)[0].float()
+
+
+@pytest.mark.parametrize("layout,fc_bias,qkv_bias,fmt", [
+    ("eagle", True, False, "safetensors"), ("eagle", False, False, "bin"), ("eagle", True, True, "safetensors"),
+    ("fspad-reference", True, False, "safetensors"),
+])
+def test_layout_loads_and_drafts_as_its_description(tmp_path, target, layout, fc_bias, qkv_bias, fmt):
+    w = write_head(tmp_path / "head", layout, target, fc_bias, qkv_bias, fmt)
+    head = load_draft(tmp_path / "head", target=target)
+    assert head.config.source_layout == layout and head.config.variant == ("fspad" if layout != "eagle" else "eagle2")
+    tokens = torch.randint(1, V, (9,), generator=torch.Generator().manual_seed(1))
+    features = torch.randn(9, H, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = reference_logits(w, layout, w["embed_tokens.weight"], target.lm_head.weight, tokens, features)
+        torch.testing.assert_close(head_logits(head, tokens, features), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_folder_as_assistant_model_is_lossless_and_loaded_once(tmp_path, target):
+    write_head(tmp_path / "head", "eagle", target)
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    stock = target.generate(ids, max_new_tokens=16, do_sample=False)
+    for strategy in ("fspad", "eagle"):
+        out = target.generate(ids, max_new_tokens=16, do_sample=False, strategy=strategy, cost_curve=CURVE,
+                              assistant_model=str(tmp_path / "head"))
+        assert torch.equal(out, stock)
+    cached = hf_specdec.hook._LOADED_DRAFTS[target]
+    assert len(cached) == 1  # two calls, one load
+
+
+def test_sampling_with_a_converted_head_runs(tmp_path, target):
+    write_head(tmp_path / "head", "eagle", target)
+    torch.manual_seed(0)
+    out = target.generate(torch.tensor([[3, 14, 15]]), max_new_tokens=8, do_sample=True, strategy="fspad",
+                          cost_curve=CURVE, assistant_model=str(tmp_path / "head"))
+    assert out.shape == (1, 11)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ({"drop": ["layers.0.mlp.down_proj.weight"]}, r"missing: layers\.0\.mlp\.down_proj\.weight"),
+    ({"extra": {"layers.0.input_layernorm.weight": torch.ones(H)}}, r"unexpected: layers\.0\.input_layernorm\.weight"),
+])
+def test_incomplete_or_foreign_tensors_are_errors(tmp_path, target, damage, message):
+    write_head(tmp_path / "head", "eagle", target, **damage)
+    with pytest.raises(ValueError, match=message):
+        load_draft(tmp_path / "head")
+
+
+def test_a_head_for_another_target_is_refused(tmp_path, target):
+    write_head(tmp_path / "head", "eagle", tiny_target("llama", seed=5))
+    with pytest.raises(ValueError, match="trained for another target"):
+        load_draft(tmp_path / "head", target=target)
+
+
+def test_eagle3_is_recognised_and_refused_clearly(tmp_path, target):
+    write_head(tmp_path / "head", "eagle", target, extra={"midlayer.hidden_norm.weight": torch.ones(H)})
+    with pytest.raises(NotImplementedError, match="EAGLE-3"):
+        load_draft(tmp_path / "head")
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": NH}))
+    torch.save({"fc.weight": Payload()}, tmp_path / "head" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"weights_only=True"):
+        load_draft(tmp_path / "head")
+    assert not marker.exists()
+
+
+def test_a_hub_repo_id_from_the_offline_cache(tmp_path, target, monkeypatch):
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--eagle-tiny" / "snapshots" / ("a" * 40)
+    write_head(snapshot, "eagle", target)
+    (cache / "models--someone--eagle-tiny" / "refs").mkdir(parents=True)
+    (cache / "models--someone--eagle-tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    head = load_draft("someone/eagle-tiny", target=target, cache_dir=str(cache))
+    assert head.config.source_layout == "eagle" and head.config.source == "someone/eagle-tiny"
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("variant,layout", [("eagle2", "eagle"), ("fspad", "fspad-reference")])
+def test_our_heads_round_trip_through_other_layouts(tmp_path, target, variant, layout):
+    from hf_specdec.training.export import convert
+
+    torch.manual_seed(3)
+    ours = FSPADDraftModel.from_target(target, variant=variant)
+    ours.save_pretrained(tmp_path / "ours")
+    tokens, features = torch.randint(1, V, (7,)), torch.randn(7, H)
+    with torch.no_grad():
+        want = head_logits(ours, tokens, features)
+        convert(str(tmp_path / "ours"), tmp_path / "converted")  # ours -> ours: identical drafts
+        again = load_draft(tmp_path / "converted", target=target)
+        assert torch.equal(head_logits(again, tokens, features), want)
+        save_layout(ours, tmp_path / layout, layout)  # ours -> theirs -> back
+        back = load_draft(tmp_path / layout, target=target)
+        assert back.config.source_layout == layout
+        torch.testing.assert_close(head_logits(back, tokens, features), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fspad_heads_cannot_be_written_as_eagle(tmp_path, target):
+    head = FSPADDraftModel.from_target(target, variant="fspad")
+    with pytest.raises(ValueError, match="no feature-sampling block.*fspad-reference"):
+        save_layout(head, tmp_path / "x", "eagle")
