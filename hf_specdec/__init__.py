@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModel
 
 from .accel import get_kernel_mode, kernel_mode, set_kernel_mode
 from .default_model import default_target, default_target_path
-from .draft import FSPADConfig, FSPADDraftModel, load_draft
+from .draft import Eagle3Config, Eagle3DraftModel, FSPADConfig, FSPADDraftModel, load_draft
 from .heads import default_baseline_draft, default_draft
 from .hook import install_generate_hook, specdec_generate, uninstall_generate_hook
 from .ngram import NgramTable
@@ -36,11 +36,15 @@ CUSTOM_GENERATE_DIR = str(Path(__file__).parent / "hub")
 
 AutoConfig.register(FSPADConfig.model_type, FSPADConfig, exist_ok=True)
 AutoModel.register(FSPADConfig, FSPADDraftModel, exist_ok=True)
+AutoConfig.register(Eagle3Config.model_type, Eagle3Config, exist_ok=True)
+AutoModel.register(Eagle3Config, Eagle3DraftModel, exist_ok=True)
 install_generate_hook()
 register_tree_attention()  # attn_implementation="hf_specdec_tree"
 
 __all__ = [
     "CUSTOM_GENERATE_DIR",
+    "Eagle3Config",
+    "Eagle3DraftModel",
     "FSPADConfig",
     "FSPADDraftModel",
     "NgramTable",

@@ -163,9 +163,15 @@ def test_a_head_for_another_target_is_refused(tmp_path, target):
         load_draft(tmp_path / "head", target=target)
 
 
-def test_eagle3_is_recognised_and_refused_clearly(tmp_path, target):
-    write_head(tmp_path / "head", "eagle", target, extra={"midlayer.hidden_norm.weight": torch.ones(H)})
-    with pytest.raises(NotImplementedError, match="EAGLE-3"):
+def test_an_eagle3_head_missing_its_lm_head_is_an_error(tmp_path):
+    from safetensors.torch import load_file
+
+    target = tiny_target("llama", num_hidden_layers=6)
+    write_eagle3(tmp_path / "head", target, "eagle")
+    weights = load_file(tmp_path / "head" / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, tmp_path / "head" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"eagle3 head .* \(missing: lm_head\.weight\)"):
         load_draft(tmp_path / "head")
 
 
@@ -222,3 +228,148 @@ def test_fspad_heads_cannot_be_written_as_eagle(tmp_path, target):
     head = FSPADDraftModel.from_target(target, variant="fspad")
     with pytest.raises(ValueError, match="no feature-sampling block.*fspad-reference"):
         save_layout(head, tmp_path / "x", "eagle")
+
+
+# ---------------------------------------------------------------------------------------------- EAGLE-3
+def attention(x, w, prefix, causal_len):
+    q = rope(linear(x, w[f"{prefix}.q_proj.weight"]).view(causal_len, NH, D))
+    k = rope(linear(x, w[f"{prefix}.k_proj.weight"]).view(causal_len, NKV, D))
+    v = linear(x, w[f"{prefix}.v_proj.weight"]).view(causal_len, NKV, D)
+    k, v = k.repeat_interleave(NH // NKV, 1), v.repeat_interleave(NH // NKV, 1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) / D**0.5
+    scores = scores.masked_fill(~torch.ones(causal_len, causal_len, dtype=torch.bool).tril(), float("-inf"))
+    return linear(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(causal_len, NH * D), w[f"{prefix}.o_proj.weight"])
+
+
+def mlp(x, w, prefix):
+    return linear(torch.nn.functional.silu(linear(x, w[f"{prefix}.gate_proj.weight"])) * linear(x, w[f"{prefix}.up_proj.weight"]),
+                  w[f"{prefix}.down_proj.weight"])
+
+
+def reference_eagle3_logits(w, first, embedding, tokens, fused, norm_before_residual=False, extra_layers=0):
+    """EAGLE-3: h = fc(fused); attention over [input_layernorm(e) ; hidden_norm(h)] (2H); + residual (h, or
+    hidden_norm(h)); + MLP(post_attention_layernorm); plain decoder layers; logits = lm_head(norm(out))."""
+    T = len(tokens)
+    e, h = embedding[tokens], linear(fused, w["fc.weight"])
+    nh = rms(h, w[f"{first}.hidden_norm.weight"])
+    x = torch.cat([rms(e, w[f"{first}.input_layernorm.weight"]), nh], -1)
+    out = (nh if norm_before_residual else h) + attention(x, w, f"{first}.self_attn", T)
+    out = out + mlp(rms(out, w[f"{first}.post_attention_layernorm.weight"]), w, f"{first}.mlp")
+    for i in range(1, 1 + extra_layers):
+        out = out + attention(rms(out, w[f"layers.{i}.input_layernorm.weight"]), w, f"layers.{i}.self_attn", T)
+        out = out + mlp(rms(out, w[f"layers.{i}.post_attention_layernorm.weight"]), w, f"layers.{i}.mlp")
+    return linear(rms(out, w["norm.weight"]), w["lm_head.weight"])
+
+
+def write_eagle3(folder, target, flavour="eagle", draft_ids=None, layers=None, norm_before_residual=False,
+                 extra_layers=0, seed=0):
+    """An EAGLE-3 checkpoint: the EAGLE repository's (`midlayer.*`, LlamaConfig-style config) or speculators'
+    (`layers.0.*` + plain `layers.1..`, a nested transformer_layer_config)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.08):
+        return torch.randn(*shape, generator=g) * scale
+
+    vocab = target.get_input_embeddings().weight.shape[0]
+    draft_ids = torch.arange(vocab) if draft_ids is None else draft_ids
+    first = "midlayer" if flavour == "eagle" else "layers.0"
+    w = {"fc.weight": rand(H, 3 * H), "norm.weight": 1 + rand(H), "lm_head.weight": rand(len(draft_ids), H, scale=0.3),
+         f"{first}.input_layernorm.weight": 1 + rand(H), f"{first}.hidden_norm.weight": 1 + rand(H),
+         f"{first}.post_attention_layernorm.weight": 1 + rand(H),
+         f"{first}.self_attn.q_proj.weight": rand(NH * D, 2 * H), f"{first}.self_attn.k_proj.weight": rand(NKV * D, 2 * H),
+         f"{first}.self_attn.v_proj.weight": rand(NKV * D, 2 * H), f"{first}.self_attn.o_proj.weight": rand(H, NH * D),
+         f"{first}.mlp.gate_proj.weight": rand(I, H), f"{first}.mlp.up_proj.weight": rand(I, H),
+         f"{first}.mlp.down_proj.weight": rand(H, I)}
+    for i in range(1, 1 + extra_layers):
+        w.update({f"layers.{i}.input_layernorm.weight": 1 + rand(H), f"layers.{i}.post_attention_layernorm.weight": 1 + rand(H),
+                  f"layers.{i}.self_attn.q_proj.weight": rand(NH * D, H), f"layers.{i}.self_attn.k_proj.weight": rand(NKV * D, H),
+                  f"layers.{i}.self_attn.v_proj.weight": rand(NKV * D, H), f"layers.{i}.self_attn.o_proj.weight": rand(H, NH * D),
+                  f"layers.{i}.mlp.gate_proj.weight": rand(I, H), f"layers.{i}.mlp.up_proj.weight": rand(I, H),
+                  f"layers.{i}.mlp.down_proj.weight": rand(H, I)})
+    if len(draft_ids) != vocab:
+        w["d2t"] = draft_ids - torch.arange(len(draft_ids))
+        t2d = torch.zeros(vocab, dtype=torch.bool)
+        t2d[draft_ids] = True
+        w["t2d"] = t2d
+    shape = {"hidden_size": H, "intermediate_size": I, "num_attention_heads": NH, "num_key_value_heads": NKV,
+             "rms_norm_eps": 1e-6, "vocab_size": vocab, "max_position_embeddings": 2048}
+    if flavour == "eagle":
+        config = {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", **shape,
+                  "draft_vocab_size": len(draft_ids), "num_hidden_layers": 1}
+    else:
+        config = {"speculators_model_type": "eagle3", "architectures": ["Eagle3Speculator"],
+                  "transformer_layer_config": {"model_type": "llama", **shape}, "draft_vocab_size": len(draft_ids),
+                  "norm_before_residual": norm_before_residual, "target_hidden_size": H,
+                  "eagle_aux_hidden_state_layer_ids": layers,
+                  "speculators_config": {"algorithm": "eagle3", "verifier": {"name_or_path": "tiny"}}}
+        w["embed_tokens.weight"] = target.get_input_embeddings().weight.detach().clone()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(w, folder / "model.safetensors")
+    return w, first
+
+
+@pytest.fixture(scope="module")
+def deep_target():
+    return tiny_target("llama", num_hidden_layers=6)  # EAGLE-3's default layers (2, 3, 3) exist
+
+
+@pytest.mark.parametrize("flavour,norm_before_residual,extra_layers,layers", [
+    ("eagle", False, 0, None), ("speculators", True, 1, [1, 2, 4]), ("speculators", False, 0, [0, 3, 5]),
+])
+def test_eagle3_layouts_draft_as_their_description(tmp_path, deep_target, flavour, norm_before_residual,
+                                                   extra_layers, layers):
+    from hf_specdec import Eagle3DraftModel
+    from hf_specdec.strategies.engine import target_forward
+
+    draft_ids = torch.tensor(sorted(torch.randperm(V, generator=torch.Generator().manual_seed(3))[:48].tolist()))
+    w, first = write_eagle3(tmp_path / "head", deep_target, flavour, draft_ids, layers, norm_before_residual, extra_layers)
+    head = load_draft(tmp_path / "head", target=deep_target)
+    assert isinstance(head, Eagle3DraftModel) and head.config.source_layout == (
+        "eagle3" if flavour == "eagle" else "speculators-eagle3")
+    assert head.feature_layers == tuple(layers or (2, 3, 3))
+    assert torch.equal(head.draft_to_target, draft_ids)
+    tokens = torch.randint(1, V, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # the engine's capture of the fused features = the target's hidden states entering those layers
+        from transformers import DynamicCache
+
+        fused, _ = target_forward(deep_target, tokens, DynamicCache(config=deep_target.config),
+                                  torch.arange(10)[None], feature_layers=head.feature_layers)
+        states = deep_target(tokens, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(fused[0], torch.cat([states[i][0] for i in head.feature_layers], -1))
+        out = head(input_ids=tokens[:, 1:], features=fused[:, :-1])
+        want = reference_eagle3_logits(w, first, deep_target.get_input_embeddings().weight, tokens[0, 1:],
+                                       fused[0, :-1], norm_before_residual, extra_layers)
+        torch.testing.assert_close(head.compute_logits(out.hidden_states)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_eagle3_greedy_is_identical_to_stock(tmp_path, deep_target):
+    draft_ids = torch.arange(0, V, 2)
+    write_eagle3(tmp_path / "head", deep_target, "eagle", draft_ids)
+    for seed, n in ((0, 4), (1, 9), (2, 17)):
+        ids = torch.randint(1, V, (1, n), generator=torch.Generator().manual_seed(seed))
+        stock = deep_target.generate(ids, max_new_tokens=20, do_sample=False)
+        for shape in ({"cost_curve": CURVE}, {"tree_top_k": 3, "tree_depth": 4, "tree_total_tokens": 12}):
+            out = deep_target.generate(ids, max_new_tokens=20, do_sample=False, strategy="eagle",
+                                       assistant_model=str(tmp_path / "head"), **shape)
+            assert torch.equal(out, stock)
+
+
+def test_eagle3_sampling_distribution_is_the_targets(tmp_path):
+    from conftest import chi_square_pvalue, exact_sequence_probs
+
+    vocab, new = 6, 3
+    target = tiny_target(vocab_size=vocab, seed=21, initializer_range=0.5, num_hidden_layers=4)
+    target.generation_config.eos_token_id = None
+    write_eagle3(tmp_path / "head", target, "eagle", torch.tensor([0, 2, 3, 5]))  # a 4-token draft vocabulary
+    head = load_draft(tmp_path / "head", target=target)
+    ids, draws, gen_kwargs = torch.tensor([[1, 2, 3]]), 1500, {"temperature": 0.9}
+    torch.manual_seed(0)
+    counts = {}
+    for _ in range(draws):
+        out = target.generate(ids, assistant_model=head, strategy="fspad", do_sample=True, max_new_tokens=new,
+                              tree_top_k=3, tree_depth=2, tree_total_tokens=6, **gen_kwargs)
+        key = tuple(out[0, 3:].tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs, vocab, new), draws) > 1e-3

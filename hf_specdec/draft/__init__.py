@@ -1,9 +1,11 @@
 """The draft models: the FSPAD head (and the EAGLE-2 baseline head as one of its configurations), and the
 layouts other projects publish heads in (formats.py)."""
 
+from .configuration_eagle3 import Eagle3Config
 from .configuration_fspad import FSPADConfig
 from .formats import load_draft, save_layout
+from .modeling_eagle3 import Eagle3DraftModel
 from .modeling_fspad import FSPADDraftModel, FSPADOutput, embedding_fingerprint, tokenizer_hash
 
-__all__ = ["FSPADConfig", "FSPADDraftModel", "FSPADOutput", "embedding_fingerprint", "load_draft", "save_layout",
+__all__ = ["Eagle3Config", "Eagle3DraftModel", "FSPADConfig", "FSPADDraftModel", "FSPADOutput", "embedding_fingerprint", "load_draft", "save_layout",
            "tokenizer_hash"]

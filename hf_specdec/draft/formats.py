@@ -6,8 +6,9 @@ The layouts (research/heads.md section 2, restated):
                      the target's; the output goes to the target's lm_head unnormed and is fed back.
     fspad-reference  the FSPAD paper's code: as eagle, with `fc.fc.*`, the feature-sampling block under
                      `fc.mlp.*` / `fc.post_attention_layernorm`, and a [2H, I] `layers.0.mlp.down_proj`.
-    eagle3           EAGLE-3 (`midlayer.*` or `layers.0.*` with a [H, 3H] fc, own norm and lm_head, d2t), and
-                     vllm-project/speculators' `eagle3`: recognised, not yet runnable here (a clear error).
+    eagle3           EAGLE-3 (`midlayer.*` or `layers.0.*`, a [H, 3H] fc, its own norm and lm_head, d2t / t2d),
+                     read into Eagle3DraftModel; vllm-project/speculators' `eagle3` (`layers.0.*`, optional extra
+                     plain layers, `norm_before_residual`, the fused layer ids in its config) likewise.
     hf_specdec       ours: config.json with model_type "fspad" + model.safetensors.
 
 Weights are read from safetensors, or from `pytorch_model.bin` with `torch.load(weights_only=True)` only:
@@ -23,7 +24,8 @@ from pathlib import Path
 import torch
 
 from .configuration_fspad import FSPADConfig
-from .modeling_fspad import FSPADDraftModel, embedding_fingerprint, same_fingerprint
+from .base import embedding_fingerprint, same_fingerprint
+from .modeling_fspad import FSPADDraftModel
 
 # Tree defaults of the EAGLE code (total_token 60, depth 6, top_k 10), written with converted heads.
 EAGLE_TREE = {"tree_top_k": 10, "tree_depth": 6, "tree_total_tokens": 60}
@@ -156,6 +158,68 @@ def convert_state(layout: str, config: dict, weights: dict[str, torch.Tensor], s
     return ours, state, embedding
 
 
+_EAGLE3_LAYER = ("input_layernorm.weight", "hidden_norm.weight", "post_attention_layernorm.weight",
+                 *(f"self_attn.{p}_proj.weight" for p in "qkvo"), *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")))
+
+
+def convert_eagle3_state(layout: str, config: dict, weights: dict[str, torch.Tensor], source: str):
+    """(Eagle3Config, our state dict, the stored embedding or None) for an EAGLE-3 head: the EAGLE repository's
+    layout (`midlayer.*` or `layers.0.*`) or speculators' (`layers.0.*`, extra plain `layers.1..`, a nested
+    `transformer_layer_config`)."""
+    from .configuration_eagle3 import Eagle3Config
+
+    shape = config.get("transformer_layer_config") or config
+    first = "midlayer." if any(k.startswith("midlayer.") for k in weights) else "layers.0."
+    state, unexpected = {}, []
+    for key, tensor in weights.items():
+        if key in ("fc.weight", "norm.weight", "lm_head.weight", "d2t"):
+            state[key] = tensor
+        elif key.startswith(first):
+            state["midlayer." + key[len(first):]] = tensor
+        elif key.startswith("layers.") and first == "layers.0.":
+            index, _, rest = key[len("layers."):].partition(".")
+            state[f"extra_layers.{int(index) - 1}.{rest}"] = tensor
+        elif key not in (EMBEDDING, "t2d") and not key.endswith(IGNORED_SUFFIXES):
+            unexpected.append(key)
+    required = ["fc.weight", "norm.weight", "lm_head.weight", *(f"midlayer.{k}" for k in _EAGLE3_LAYER)]
+    missing = [k for k in required if k not in state]
+    if missing or unexpected:
+        parts = ([f"missing: {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected: {', '.join(sorted(unexpected))}"] if unexpected else [])
+        raise ValueError(f"The {layout} head at {source} does not match its layout ({'; '.join(parts)}).")
+    H = int(shape.get("hidden_size") or state["norm.weight"].shape[0])
+    heads = int(shape["num_attention_heads"])
+    draft_vocab = int(config.get("draft_vocab_size") or state["lm_head.weight"].shape[0])
+    state.setdefault("d2t", torch.zeros(draft_vocab, dtype=torch.long))  # a full-vocabulary head maps id to id
+    extra = sorted({k.split(".")[1] for k in state if k.startswith("extra_layers.")})
+    embedding = weights.get(EMBEDDING)
+    theta, scaling = _rope(shape)
+    fused = state["fc.weight"].shape[1]
+    target_hidden = int(config.get("target_hidden_size") or fused // 3)
+    ours = Eagle3Config(
+        hidden_size=H,
+        intermediate_size=int(shape.get("intermediate_size") or state["midlayer.mlp.gate_proj.weight"].shape[0]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(shape.get("num_key_value_heads") or heads),
+        head_dim=int(shape.get("head_dim") or H // heads),
+        rms_norm_eps=float(shape.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        max_position_embeddings=int(shape.get("max_position_embeddings", 8192)),
+        vocab_size=int(shape.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0)),
+        draft_vocab_size=draft_vocab,
+        target_hidden_size=target_hidden,
+        num_fused_layers=fused // target_hidden,
+        feature_layers=config.get("eagle_aux_hidden_state_layer_ids"),
+        norm_before_residual=bool(config.get("norm_before_residual", False)),
+        num_extra_layers=len(extra),
+        target_fingerprint=embedding_fingerprint(embedding) if embedding is not None else None,
+        source_layout=layout,
+        source=source,
+    )
+    return ours, state, embedding
+
+
 # ------------------------------------------------------------------------------------------- loading
 def resolve_folder(path_or_repo_id: str, revision: str | None = None, **hub_kwargs) -> Path:
     """A local folder as is; anything else is a Hub repo id, downloaded (or found in the offline cache)."""
@@ -179,17 +243,18 @@ def load_draft(path_or_repo_id, target=None, revision: str | None = None, tokeni
     else:
         weights = read_weights(folder)
         layout = detect_layout(config, weights)
-        if layout in ("eagle3", "speculators-eagle3"):
-            raise NotImplementedError(
-                f"{path_or_repo_id} is an EAGLE-3 head ({layout} layout): recognised, but EAGLE-3 drafting (fused "
-                "low/mid/high target features, its own lm_head) is not supported yet; use an EAGLE-1/2 or FSPAD head."
-            )
         if not config:
             raise ValueError(f"{folder} has no config.json: the {layout} layout needs one for the head's shape.")
-        fs_config, state, embedding = convert_state(layout, config, weights, str(path_or_repo_id))
-        head = FSPADDraftModel(fs_config)
+        if layout in ("eagle3", "speculators-eagle3"):
+            from .modeling_eagle3 import Eagle3DraftModel
+
+            head_config, state, embedding = convert_eagle3_state(layout, config, weights, str(path_or_repo_id))
+            head = Eagle3DraftModel(head_config)
+        else:
+            head_config, state, embedding = convert_state(layout, config, weights, str(path_or_repo_id))
+            head = FSPADDraftModel(head_config)
         head.load_state_dict(state, strict=True)
-        head = head.to(next(iter(state.values())).dtype)
+        head = head.to(state["fc.weight"].dtype)
         from transformers import GenerationConfig
 
         head.generation_config = GenerationConfig(**EAGLE_TREE)

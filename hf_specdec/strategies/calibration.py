@@ -61,9 +61,10 @@ def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds:
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(0)).to(model.device)
     cache = DynamicCache(config=model.config)
-    features, _ = target_forward(model, ids, cache, torch.arange(prefix, device=model.device)[None],
-                                 logits_to_keep=1)
     drafter = HeadDrafter(head, SpecDecodeStats())
+    layers = drafter.feature_layers  # EAGLE-3 heads: the fused-feature capture is part of every forward
+    features, _ = target_forward(model, ids, cache, torch.arange(prefix, device=model.device)[None],
+                                 logits_to_keep=1, feature_layers=layers)
     drafter.catch_up(ids, features, 0)  # `prefix` head positions, as before a tree rooted after them
     jobs = {}
     for n in sizes:
@@ -72,7 +73,7 @@ def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds:
         mask, positions = tree_mask_for(model, tree.ancestors, prefix), tree_position_ids(tree.depths, prefix)
 
         def verify(tree=tree, mask=mask, positions=positions):
-            target_forward(model, tree.tokens, cache, positions, mask)
+            target_forward(model, tree.tokens, cache, positions, mask, feature_layers=layers)
             crop_cache(cache, prefix)
 
         jobs[n] = verify

@@ -11,20 +11,21 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ..draft import FSPADDraftModel
+from ..draft.base import DraftHead
 from ..tree import check_compactable, crop_cache, tree_mask_for
 from .common import SpecDecodeStats
 from .engine import target_forward
 
 
 class HeadDrafter:
-    """An FSPAD head. Its cache holds one entry per target position except the root's: head position t
+    """A draft head (FSPAD / EAGLE-2, EAGLE-3). Its cache holds one entry per target position except the root's: head position t
     reads (x_{t+1}, f_t)."""
 
-    def __init__(self, head: FSPADDraftModel, stats: SpecDecodeStats):
+    def __init__(self, head: DraftHead, stats: SpecDecodeStats):
         self.head = self.model = head
         self.cache = DynamicCache()
         self.stats = stats
+        self.feature_layers = head.feature_layers
 
     def start(self, prompt, first, features):
         return self.catch_up(torch.cat([prompt[:, 1:], first[:, None]], 1), features, 0)
@@ -81,6 +82,8 @@ def check_draft_lm(draft, target, strategy: str) -> None:
 
 class CausalLMDrafter:
     """An ordinary causal LM draft. Its cache holds every committed token, the root included."""
+
+    feature_layers = None  # it reads no target features
 
     def __init__(self, draft, stats: SpecDecodeStats):
         self.draft = self.model = draft

@@ -49,6 +49,9 @@ MODEL_INPUTS = {"attention_mask", "use_cache", "position_ids", "logits_to_keep"}
 
 class Drafter(Protocol):
     model: torch.nn.Module  # the draft network (its attention implementation may be switched while decoding)
+    # the target features it reads: None for the last hidden state, else the decoder layers whose input
+    # hidden states are concatenated (EAGLE-3); see target_forward
+    feature_layers: tuple[int, ...] | None
 
     def start(self, prompt: torch.Tensor, first: torch.Tensor, features: torch.Tensor) -> DraftState:
         """Read the prompt [B, L] (with the target's features [B, L, H]) and the first new token [B]."""
@@ -62,23 +65,36 @@ class Drafter(Protocol):
         """The tree growers' `expand` callback for a tree rooted after `cached` target-cache tokens."""
 
 
-def target_forward(model, input_ids, cache, position_ids, attention_mask=None, logits_to_keep: int = 0):
-    """One forward of a causal LM: (features [B, q, H], logits [B, k, V] float32 for the last k =
+def target_forward(model, input_ids, cache, position_ids, attention_mask=None, logits_to_keep: int = 0,
+                   feature_layers: tuple[int, ...] | None = None):
+    """One forward of a causal LM: (features [B, q, H'], logits [B, k, V] float32 for the last k =
     logits_to_keep positions, all of them for 0).
 
     The model's own forward, so whatever it does after its lm_head (Cohere's logit_scale, Granite's
-    logits_scaling, Gemma's softcapping) is part of the logits. Features are the decoder's output: the last
-    hidden states after the final norm at every position, what an FSPAD head reads. A prefill needs logits at
+    logits_scaling, Gemma's softcapping) is part of the logits. Features are the decoder's output (the last
+    hidden states after the final norm, what an FSPAD / EAGLE-2 head reads) or, with `feature_layers`, the
+    hidden states entering those decoder layers concatenated (what an EAGLE-3 head reads, H' = 3H), taken by
+    hooks on those layers alone rather than by materialising every layer's states. A prefill needs logits at
     its last position only (logits_to_keep=1): the lm_head at every prompt position is a fifth of SmolLM2's
     weights applied to the whole prompt for nothing."""
-    captured, caller = [], threading.get_ident()
+    captured, caller = {}, threading.get_ident()
+    decoder = model.get_decoder()
 
-    def capture(module, args, out):
-        # the hook sits on a module other threads may run at the same time: keep this call's output only
+    # the hooks sit on modules other threads may run at the same time: each keeps its own call's tensors
+    def capture_output(module, args, out):
         if threading.get_ident() == caller:
-            captured.append(out.last_hidden_state)
+            captured["out"] = out.last_hidden_state
 
-    hook = model.get_decoder().register_forward_hook(capture)
+    def capture_input(index):
+        def hook(module, args, kwargs):
+            if threading.get_ident() == caller:
+                captured[index] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    if feature_layers is None:
+        hooks = [decoder.register_forward_hook(capture_output)]
+    else:
+        hooks = [decoder.layers[i].register_forward_pre_hook(capture_input(i), with_kwargs=True) for i in feature_layers]
     try:
         out = model(
             input_ids=input_ids,
@@ -89,8 +105,10 @@ def target_forward(model, input_ids, cache, position_ids, attention_mask=None, l
             **cache_kwargs(cache),
         )
     finally:
-        hook.remove()
-    return captured[0], out.logits.float()
+        for hook in hooks:
+            hook.remove()
+    features = captured["out"] if feature_layers is None else torch.cat([captured[i] for i in feature_layers], -1)
+    return features, out.logits.float()
 
 
 def choose_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
@@ -163,7 +181,7 @@ def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_process
     # Prefill: the target's features for the prompt and its first token.
     L = prompt.shape[1]
     features, logits = target_forward(model, prompt, cache, torch.arange(L, device=prompt.device)[None],
-                                      logits_to_keep=1)
+                                      logits_to_keep=1, feature_layers=drafter.feature_layers)
     stats.target_forwards += 1
     scores = logits_processor(emitter.sequence, logits[:, -1])
     first = choose_token(scores, generation_config.do_sample)
@@ -175,7 +193,8 @@ def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_process
     while not emitter.finished:
         tree = grow(emitter.sequence[:, padding.shape[1]:], draft_state, L)
         mask = tree_mask_for(model, tree.ancestors, L)
-        features, logits = target_forward(model, tree.tokens, cache, tree_position_ids(tree.depths, L), mask)
+        features, logits = target_forward(model, tree.tokens, cache, tree_position_ids(tree.depths, L), mask,
+                                          feature_layers=drafter.feature_layers)
         stats.target_forwards += 1
         scores = process_tree_scores(logits, tree, emitter.sequence, logits_processor)
         verdict = verify(tree, scores)

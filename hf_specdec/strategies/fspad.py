@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from ..draft import FSPADDraftModel
+from ..draft.base import DraftHead
 from ..lookup import LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..verification import verify_greedy, verify_sampling
@@ -48,7 +48,7 @@ class TreeShape:
     lookup_tokens: int = DEFAULT_LOOKUP_TOKENS
 
     @classmethod
-    def resolve(cls, head: FSPADDraftModel, **given) -> "TreeShape":
+    def resolve(cls, head: DraftHead, **given) -> "TreeShape":
         """Generate kwargs win, then the head's generation_config, then the defaults."""
         head_config = getattr(head, "generation_config", None)
         values = {}
@@ -129,7 +129,7 @@ def fspad_generate(
     logits_processor: LogitsProcessorList,
     stopping_criteria: StoppingCriteriaList,
     generation_config: GenerationConfig,
-    draft_model: FSPADDraftModel | None = None,
+    draft_model: DraftHead | None = None,
     streamer=None,
     tokenizer=None,
     tree_top_k: int | None = None,
@@ -158,10 +158,11 @@ def fspad_generate(
             "strategy='fspad' needs a draft head: pass assistant_model=FSPADDraftModel.from_pretrained(...) "
             "(or FSPADDraftModel.from_target(model) for an untrained one)."
         )
-    if not isinstance(head, FSPADDraftModel):
+    if not isinstance(head, DraftHead):
         raise TypeError(
-            f"strategy='fspad' needs an FSPADDraftModel as assistant_model, got {type(head).__name__}. "
-            "For an ordinary small draft LM use strategy='spechub' (sampling) or stock assisted generation (no strategy=)."
+            f"strategy='fspad' needs a draft head as assistant_model (FSPADDraftModel, Eagle3DraftModel, or "
+            f"hf_specdec.load_draft(path) for EAGLE heads), got {type(head).__name__}. For an ordinary small draft "
+            "LM use strategy='spechub' (sampling) or stock assisted generation (no strategy=)."
         )
     cache, padding, prompt = open_request("fspad", model, input_ids, generation_config, synced_gpus, model_kwargs,
                                           draft=head)

@@ -24,7 +24,7 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
-from ..draft import FSPADDraftModel
+from ..draft.base import DraftHead
 from ..multidraft import VERIFIERS
 from ..tree import grow_sampled_tree
 from ..verification import verify_multidraft
@@ -97,7 +97,7 @@ def spechub_generate(
     cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs,
                                           draft=draft_model)
     stats = SpecDecodeStats()
-    if isinstance(draft_model, FSPADDraftModel):
+    if isinstance(draft_model, DraftHead):
         draft_model.attach_target(model, tokenizer=tokenizer)
         drafter = HeadDrafter(draft_model, stats)
         to_target = draft_model.scatter_to_target

@@ -1,0 +1,182 @@
+"""What every draft head shares: the target modules it borrows, the pairing checks, strict checkpoint loading
+and the tree defaults saved in its generation_config. FSPADDraftModel and Eagle3DraftModel build on it."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+logger = logging.getLogger(__name__)
+
+_FINGERPRINT_ROWS = 16
+_FINGERPRINT_RTOL = 2e-2  # bf16 rounding moves a row norm by ~0.4%; another model moves it by far more
+
+
+def embedding_fingerprint(embedding_weight: torch.Tensor) -> list[float]:
+    """Norms of a fixed spread of embedding rows: identifies a target's vocabulary/embedding whatever its dtype."""
+    rows = torch.linspace(0, embedding_weight.shape[0] - 1, _FINGERPRINT_ROWS).long()
+    norms = embedding_weight.detach()[rows.to(embedding_weight.device)].float().norm(dim=-1)
+    return [float(f"{v:.6g}") for v in norms.tolist()]
+
+
+def same_fingerprint(a: list[float], b: list[float]) -> bool:
+    """Whether two embedding fingerprints come from the same embeddings (up to dtype rounding)."""
+    return torch.allclose(torch.tensor(a), torch.tensor(b), rtol=_FINGERPRINT_RTOL, atol=1e-6)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A short hash of the tokenizer's vocabulary (token -> id)."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _log_follow(dtype, device, target_dtype, target_device) -> None:
+    logger.warning("hf_specdec: the draft head (%s on %s) follows its target to %s on %s.", dtype, device,
+                   target_dtype, target_device)
+
+
+def check_loading_info(info: dict, source, model_name: str = "the head") -> None:
+    """Raise when from_pretrained's loading report lists tensors the head lacks, does not know, or cannot take."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        if names:
+            problems.append(f"{what}: {', '.join(names)}")
+    if problems:
+        raise ValueError(
+            f"The draft head checkpoint at {source} does not match {model_name} ({'; '.join(problems)}). A "
+            f"partly loaded head would draft with random weights. Check that the folder holds a complete head saved "
+            f"by {model_name}.save_pretrained (heads in the EAGLE / EAGLE-3 layouts load with hf_specdec.load_draft)."
+        )
+
+
+@dataclass
+class DraftOutput(ModelOutput):
+    """hidden_states: what the logits are computed from [B, q, H]; features: what is fed back to the children
+    [B, q, H]; cache: the head's KV cache, updated."""
+
+    hidden_states: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    cache: object | None = None
+
+
+@dataclass
+class TargetParts:
+    """The target modules a head borrows. A plain object, so nn.Module does not register (or save) them."""
+
+    embed_tokens: nn.Module
+    lm_head: nn.Module | None
+    draft_lm_weight: torch.Tensor | None  # rows of lm_head for a reduced draft vocabulary
+
+
+class DraftHead(PreTrainedModel):
+    """Base of the draft heads. A subclass defines its layers, `forward` (-> DraftOutput), `compute_logits`,
+    `feature_layers` (None: the target's last hidden state; else the target layers whose input hidden states
+    it reads) and `_borrow(target)` (-> TargetParts)."""
+
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_attention_backend = True
+    feature_layers: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    # transformers keeps a generation_config only for models that generate; the head's carries the tree
+    # shape it was tuned for (tree_top_k, tree_depth, tree_total_tokens), so save and load it explicitly.
+    _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "subfolder", "local_files_only")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.generation_config is not None:
+            self.generation_config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, made strict: a checkpoint with missing, unexpected or mis-shaped tensors is an
+        error naming them, not a partly random head that drafts at near-zero acceptance."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_loading_info(info, pretrained_model_name_or_path, cls.__name__)
+        hub_kwargs = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        except OSError:  # a head saved without tree defaults
+            model.generation_config = None
+        return (model, info) if want_info else model
+
+    # ----------------------------------------------------------------------------------------- pairing
+    def target_hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def target_mismatches(self, target: PreTrainedModel, tokenizer=None) -> list[str]:
+        """What differs between the target this head was made for and `target` (empty when they match)."""
+        c, tc = self.config, target.config.get_text_config(decoder=True)
+        embed = target.get_input_embeddings().weight
+        problems = []
+        if tc.hidden_size != self.target_hidden_size():
+            problems.append(f"hidden size: head {self.target_hidden_size()}, target {tc.hidden_size}")
+        if embed.shape[0] != c.vocab_size:
+            problems.append(f"vocabulary size: head {c.vocab_size}, target {embed.shape[0]}")
+        if not problems and getattr(c, "target_fingerprint", None) is not None:
+            if not same_fingerprint(embedding_fingerprint(embed), c.target_fingerprint):
+                problems.append("embedding fingerprint: the target's token embeddings are not those the head was made for")
+        if tokenizer is not None and getattr(c, "target_tokenizer_hash", None) is not None:
+            if tokenizer_hash(tokenizer) != c.target_tokenizer_hash:
+                problems.append("tokenizer: its vocabulary differs from the one the head was made for")
+        return problems + self._layer_mismatches(tc)
+
+    def _layer_mismatches(self, target_config) -> list[str]:
+        return []
+
+    def attach_target(self, target: PreTrainedModel, tokenizer=None):
+        """Borrow the target's modules (after checking the head was made for this target)."""
+        problems = self.target_mismatches(target, tokenizer)
+        if problems:
+            made_for = self.config.target_architecture or "another model"
+            raise ValueError(
+                f"This {type(self).__name__} head was made for {made_for} and does not match the target "
+                f"{type(target).__name__}: " + "; ".join(problems) + ". Load the head trained for this target, or "
+                "create one with FSPADDraftModel.from_target(target)."
+            )
+        self.follow(target.get_input_embeddings().weight)
+        self._target = self._borrow(target)
+        return self
+
+    def _borrow(self, target) -> TargetParts:
+        raise NotImplementedError
+
+    def follow(self, weight: torch.Tensor) -> None:
+        """Move the head to the dtype and device of the target's weights: it computes on the target's own
+        embeddings (and lm_head), so a bf16 head beside a float32 target (one of them cast with .to()) is a
+        mismatch of the user's setup, not a choice. Logged once per (from, to)."""
+        mine = next(self.parameters())
+        if (mine.dtype, mine.device) != (weight.dtype, weight.device):
+            _log_follow(str(mine.dtype), str(mine.device), str(weight.dtype), str(weight.device))
+            self.to(device=weight.device, dtype=weight.dtype)
+
+    def _parts(self) -> TargetParts:
+        if getattr(self, "_target", None) is None:
+            raise RuntimeError("The head has no target attached: call head.attach_target(target) first.")
+        return self._target
+
+    # ----------------------------------------------------------------------------------------- compute
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._parts().embed_tokens(input_ids)
+
+    def scatter_to_target(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Draft-vocabulary values [..., V'] at their target ids in [..., V] (`fill` elsewhere); unchanged when
+        the head scores the full vocabulary."""
+        if self.config.draft_vocab_size is None:
+            return values
+        full = values.new_full((*values.shape[:-1], self.config.vocab_size), fill)
+        return full.index_copy_(-1, self.draft_to_target.to(values.device), values)
