@@ -40,7 +40,8 @@ def _timed(fn) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def run(dtype: str, prefix: int, rounds: int, tree_sizes: list[int], expand_widths: list[int], draft_vocabs: list[int]):
+def run(dtype: str, prefix: int, rounds: int, tree_sizes: list[int], expand_widths: list[int], draft_vocabs: list[int],
+        fused_layers: tuple[int, ...] | None = None):
     torch.set_grad_enabled(False)
     model, tok = default_target(dtype=getattr(torch, dtype))
     ids = torch.randint(100, 40000, (1, prefix), generator=torch.Generator().manual_seed(0))
@@ -70,6 +71,13 @@ def run(dtype: str, prefix: int, rounds: int, tree_sizes: list[int], expand_widt
             crop_cache(cache, prefix)
 
         jobs[("verify", n)] = verify
+        if fused_layers:  # the same forward handing an EAGLE-3 head the hidden states entering those layers
+
+            def verify_fused(tree=tree, mask=mask, pos=pos):
+                target_forward(model, tree.tokens, cache, pos, mask, feature_layers=fused_layers)
+                crop_cache(cache, prefix)
+
+            jobs[(f"verify+fused{list(fused_layers)}", n)] = verify_fused
     for name, drafter in drafters.items():
         for q in (1, 3, 5):
             def catch_up(drafter=drafter, q=q):
@@ -103,16 +111,29 @@ def main(argv=None):
     parser.add_argument("--tree-sizes", type=int, nargs="+", default=[1, 4, 8, 12, 16, 24, 32, 48, 64])
     parser.add_argument("--expand-widths", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--draft-vocabs", type=int, nargs="*", default=[8192, 16384])
+    parser.add_argument("--fused-layers", default="eagle3",
+                        help="also time verification with the fused-feature capture of an EAGLE-3 head: 'eagle3' "
+                             "(its default layers 2, L//2, L-3), comma-separated layer ids, or 'none'")
     parser.add_argument("--out", default="bench_results/costs.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = run(args.dtype, args.prefix, args.rounds, args.tree_sizes, args.expand_widths, args.draft_vocabs)
+    fused = None
+    if args.fused_layers == "eagle3":
+        from ..draft.modeling_eagle3 import default_feature_layers
+        from ..default_model import default_target_path
+        from transformers import AutoConfig
+
+        fused = default_feature_layers(AutoConfig.from_pretrained(default_target_path()).num_hidden_layers)
+    elif args.fused_layers != "none":
+        fused = tuple(int(i) for i in args.fused_layers.split(","))
+    result = run(args.dtype, args.prefix, args.rounds, args.tree_sizes, args.expand_widths, args.draft_vocabs, fused)
     print(f"| piece ({args.dtype}, prefix {args.prefix}, torch threads {torch.get_num_threads()}) | median ms |")
     print("|---|---|")
     for key, ms in result.items():
         print(f"| {key} | {ms:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    meta = {"dtype": args.dtype, "prefix": args.prefix, "rounds": args.rounds, "threads": torch.get_num_threads()}
+    meta = {"dtype": args.dtype, "prefix": args.prefix, "rounds": args.rounds, "threads": torch.get_num_threads(),
+            "fused_layers": list(fused) if fused else None}
     Path(args.out).write_text(json.dumps({"meta": meta, "median_ms": result}, indent=1))
 
 

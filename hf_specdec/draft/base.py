@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,17 @@ class DraftHead(PreTrainedModel):
     _supports_flash_attn = False
     _supports_attention_backend = True
     feature_layers: tuple[int, ...] | None = None
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, LlamaRMSNorm):
+            module.weight.data.fill_(1.0)
+        else:  # e.g. the rotary embedding's inv_freq: a non-persistent buffer that from_pretrained must recompute
+            super()._init_weights(module)
 
     # ------------------------------------------------------------------------------------ checkpoints
     # transformers keeps a generation_config only for models that generate; the head's carries the tree

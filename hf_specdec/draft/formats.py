@@ -144,7 +144,7 @@ def convert_state(layout: str, config: dict, weights: dict[str, torch.Tensor], s
         head_dim=int(config.get("head_dim") or H // heads),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
-        rope_scaling=scaling,
+        rotary_scaling=scaling,
         max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
         vocab_size=vocab,
         attention_bias=qkv_bias,
@@ -204,7 +204,7 @@ def convert_eagle3_state(layout: str, config: dict, weights: dict[str, torch.Ten
         head_dim=int(shape.get("head_dim") or H // heads),
         rms_norm_eps=float(shape.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
-        rope_scaling=scaling,
+        rotary_scaling=scaling,
         max_position_embeddings=int(shape.get("max_position_embeddings", 8192)),
         vocab_size=int(shape.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0)),
         draft_vocab_size=draft_vocab,
@@ -306,8 +306,8 @@ def export_state(head: FSPADDraftModel, layout: str) -> tuple[dict, dict[str, to
         "vocab_size": c.vocab_size, "num_hidden_layers": 1, "bias": bool(c.fc_bias),
         "torch_dtype": str(head.fc.weight.dtype).removeprefix("torch."),
     }
-    if c.rope_scaling:
-        config["rope_scaling"] = c.rope_scaling
+    if c.rotary_scaling:
+        config["rope_scaling"] = c.rotary_scaling
     return config, tensors
 
 

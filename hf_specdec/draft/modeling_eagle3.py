@@ -75,16 +75,6 @@ class Eagle3DraftModel(DraftHead):
         self._target: TargetParts | None = None
         self.post_init()
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, self.config.initializer_range)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, LlamaRMSNorm):
-            module.weight.data.fill_(1.0)
-        else:
-            super()._init_weights(module)
-
     @property
     def draft_to_target(self) -> torch.Tensor:
         """Target id of each draft id: draft id + d2t[draft id]."""

@@ -66,17 +66,6 @@ class FSPADDraftModel(DraftHead):
         self._target: TargetParts | None = None
         self.post_init()
 
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, LlamaRMSNorm):
-            module.weight.data.fill_(1.0)
-        else:  # e.g. the rotary embedding's inv_freq: a non-persistent buffer that from_pretrained must recompute
-            super()._init_weights(module)
-
     # ----------------------------------------------------------------------------------------- pairing
     @classmethod
     def from_target(cls, target: PreTrainedModel, tokenizer=None, variant: str = "fspad", **overrides):
