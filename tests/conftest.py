@@ -17,6 +17,11 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2C
 import hf_specdec  # noqa: E402
 from hf_specdec import FSPADDraftModel  # noqa: E402
 from hf_specdec.testing import OracleHead, oracle_head  # noqa: F401  (used by the test modules)
+from hf_specdec.tree import CostCurve  # noqa: E402
+
+# A cost curve where verification is cheap, for tests that assert long accepted paths in cost-sized trees: the
+# curve measured on first use depends on the machine's load when it was measured, this one does not.
+CHEAP_CURVE = CostCurve((1, 4, 16, 32), (1.0, 1.2, 1.6, 2.4), 0.3, 0.2)
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 

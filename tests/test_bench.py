@@ -118,7 +118,9 @@ def test_profile_breakdown_adds_up(llama, llama_head):
 
     profiler = cProfile.Profile()
     profiler.enable()
-    llama.generate(torch.tensor([[3, 1, 4, 1, 5]]), assistant_model=llama_head, strategy="fspad", max_new_tokens=20)
+    # a fixed tree: a cost curve measured on first use would run inside the profile
+    llama.generate(torch.tensor([[3, 1, 4, 1, 5]]), assistant_model=llama_head, strategy="fspad", max_new_tokens=20,
+                   tree_top_k=2, tree_depth=3, tree_total_tokens=8)
     profiler.disable()
     parts = breakdown(pstats.Stats(profiler))
     assert parts["total"] > 0 and parts["target forwards (prefill + verification)"] > 0

@@ -6,7 +6,7 @@ import torch
 import hf_specdec
 from hf_specdec import FSPADDraftModel
 
-from conftest import oracle_head
+from conftest import CHEAP_CURVE, oracle_head
 
 pytestmark = pytest.mark.slow_model
 
@@ -45,7 +45,7 @@ def test_fspad_equals_stock_greedy_on_smollm2(smollm, text):
     assert torch.equal(out, ref)
     # and with a head that gets most tokens right: long accepted paths through the real model
     out = model.generate(ids, assistant_model=oracle_head(model, ref, accuracy=0.9), strategy="fspad",
-                         max_new_tokens=24, return_dict_in_generate=True)
+                         max_new_tokens=24, return_dict_in_generate=True, cost_curve=CHEAP_CURVE)
     assert torch.equal(out.sequences, ref) and out.spec_stats.tau > 2
 
 

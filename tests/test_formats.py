@@ -8,16 +8,14 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_target
+from conftest import CHEAP_CURVE, tiny_target
 from safetensors.torch import save_file
 
 import hf_specdec
 from hf_specdec import FSPADDraftModel, load_draft
 from hf_specdec.draft.formats import save_layout
-from hf_specdec.tree import CostCurve
 
 H, I, NH, NKV, D, V = 64, 128, 4, 2, 16, 128
-CURVE = CostCurve((1, 4, 16, 32), (1.0, 1.2, 1.6, 2.4), 0.3, 0.2)
 
 
 # ------------------------------------------------------------------ the layouts' forward, from their description
@@ -132,7 +130,7 @@ def test_a_folder_as_assistant_model_is_lossless_and_loaded_once(tmp_path, targe
     ids = torch.tensor([[3, 14, 15, 92, 65]])
     stock = target.generate(ids, max_new_tokens=16, do_sample=False)
     for strategy in ("fspad", "eagle"):
-        out = target.generate(ids, max_new_tokens=16, do_sample=False, strategy=strategy, cost_curve=CURVE,
+        out = target.generate(ids, max_new_tokens=16, do_sample=False, strategy=strategy, cost_curve=CHEAP_CURVE,
                               assistant_model=str(tmp_path / "head"))
         assert torch.equal(out, stock)
     cached = hf_specdec.hook._LOADED_DRAFTS[target]
@@ -143,7 +141,7 @@ def test_sampling_with_a_converted_head_runs(tmp_path, target):
     write_head(tmp_path / "head", "eagle", target)
     torch.manual_seed(0)
     out = target.generate(torch.tensor([[3, 14, 15]]), max_new_tokens=8, do_sample=True, strategy="fspad",
-                          cost_curve=CURVE, assistant_model=str(tmp_path / "head"))
+                          cost_curve=CHEAP_CURVE, assistant_model=str(tmp_path / "head"))
     assert out.shape == (1, 11)
 
 
@@ -350,7 +348,7 @@ def test_eagle3_greedy_is_identical_to_stock(tmp_path, deep_target):
     for seed, n in ((0, 4), (1, 9), (2, 17)):
         ids = torch.randint(1, V, (1, n), generator=torch.Generator().manual_seed(seed))
         stock = deep_target.generate(ids, max_new_tokens=20, do_sample=False)
-        for shape in ({"cost_curve": CURVE}, {"tree_top_k": 3, "tree_depth": 4, "tree_total_tokens": 12}):
+        for shape in ({"cost_curve": CHEAP_CURVE}, {"tree_top_k": 3, "tree_depth": 4, "tree_total_tokens": 12}):
             out = deep_target.generate(ids, max_new_tokens=20, do_sample=False, strategy="eagle",
                                        assistant_model=str(tmp_path / "head"), **shape)
             assert torch.equal(out, stock)
@@ -373,3 +371,13 @@ def test_eagle3_sampling_distribution_is_the_targets(tmp_path):
         key = tuple(out[0, 3:].tolist())
         counts[key] = counts.get(key, 0) + 1
     assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs, vocab, new), draws) > 1e-3
+
+
+def test_eagle3_fused_layers_beyond_the_target_are_a_pairing_error(tmp_path, deep_target):
+    write_eagle3(tmp_path / "head", deep_target, "speculators", layers=[1, 2, 9])
+    with pytest.raises(ValueError, match=r"fused layers \[1, 2, 9\]: the target has 6 layers"):
+        load_draft(tmp_path / "head", target=deep_target)
+    wider = tiny_target("llama", num_hidden_layers=6, hidden_size=32, intermediate_size=64)
+    write_eagle3(tmp_path / "head2", deep_target, "eagle")
+    with pytest.raises(ValueError, match=r"hidden size: head 64, target 32"):
+        load_draft(tmp_path / "head2", target=wider)

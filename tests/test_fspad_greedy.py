@@ -7,7 +7,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from hf_specdec import FSPADDraftModel
 
-from conftest import oracle_head, tiny_target
+from conftest import CHEAP_CURVE, oracle_head, tiny_target
 
 SHAPES = [(1, 1, 2), (2, 2, 4), (4, 4, 16), (3, 6, 24), (8, 3, 40)]
 
@@ -86,7 +86,8 @@ def test_logits_processors_see_each_nodes_own_context():
     kwargs = dict(max_new_tokens=30, do_sample=False, repetition_penalty=1.8, min_new_tokens=5, no_repeat_ngram_size=2)
     ref = target.generate(ids, **kwargs)
     head = oracle_head(target, ref)
-    out = target.generate(ids, assistant_model=head, strategy="fspad", return_dict_in_generate=True, **kwargs)
+    out = target.generate(ids, assistant_model=head, strategy="fspad", return_dict_in_generate=True,
+                          cost_curve=CHEAP_CURVE, **kwargs)
     assert torch.equal(out.sequences, ref)
     assert out.spec_stats.tau > 2  # the processors did not stop the head's (processed) tokens from landing
     extra = LogitsProcessorList([NoRepeatNGramLogitsProcessor(3)])
@@ -184,7 +185,7 @@ def test_models_that_rescale_their_logits(family):
     kwargs = dict(max_new_tokens=12, return_dict_in_generate=True, output_scores=True, output_logits=True)
     ref = target.generate(ids, do_sample=False, **kwargs)
     head = oracle_head(target, ref.sequences)
-    out = target.generate(ids, assistant_model=head, strategy="fspad", **kwargs)
+    out = target.generate(ids, assistant_model=head, strategy="fspad", cost_curve=CHEAP_CURVE, **kwargs)
     assert torch.equal(out.sequences, ref.sequences) and out.spec_stats.tau > 2
     for ours, theirs in zip(out.logits, ref.logits):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)

@@ -14,7 +14,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_target
+from conftest import CHEAP_CURVE, tiny_target
 from transformers import GenerationConfig
 
 from hf_specdec import FSPADDraftModel
@@ -26,7 +26,6 @@ CASES = int(os.environ.get("HF_SPECDEC_FUZZ", "25"))
 ALLOWED_ERRORS = (ValueError, TypeError, NotImplementedError)
 # Options an error may name although the call did not set them: what the strategy needs and was not given.
 REQUIRED = ("assistant_model", "do_sample", "ngram", "tokenizer", "attention_mask", "input_ids")
-CHEAP = CostCurve((1, 4, 16, 32), (1.0, 1.2, 1.6, 2.4), 0.3, 0.2)
 DEAR = CostCurve((1, 4, 16, 32), (1.0, 3.0, 9.0, 18.0), 0.9, 0.5)
 PAD = 0
 
@@ -128,7 +127,7 @@ def sample_options(rng: random.Random, strategy: str, prompt_len: int, continuat
         maybe(rng, o, "tree_total_tokens", [2, 5, 16, 40], 0.3, invalid=[1])
         maybe(rng, o, "lookup_tokens", [0, 2, 8, 20], 0.4, invalid=[-1, 2.5])
         maybe(rng, o, "lookup_mode", ["merge", "choose"], 0.2, invalid=["best"])
-        maybe(rng, o, "cost_curve", [CHEAP, DEAR], 0.8)
+        maybe(rng, o, "cost_curve", [CHEAP_CURVE, DEAR], 0.8)
     elif strategy == "spechub":
         maybe(rng, o, "verifier", ["spechub", "rrs", "rrsw"], 0.5, invalid=["other"])
         maybe(rng, o, "drafts_per_node", [1, 2, 3], 0.4, invalid=[0])

@@ -7,14 +7,12 @@ import threading
 
 import pytest
 import torch
-from conftest import tiny_target
+from conftest import CHEAP_CURVE, tiny_target
 from safetensors.torch import load_file, save_file
 
 from hf_specdec import FSPADDraftModel
-from hf_specdec.tree import CostCurve
 
 IDS = torch.tensor([[5, 6, 7, 8, 9]])
-CURVE = CostCurve((1, 4, 16, 32), (1.0, 1.2, 1.6, 2.4), 0.3, 0.2)
 
 
 def greedy(model, ids=IDS, **kwargs):
@@ -39,7 +37,7 @@ def test_head_follows_the_targets_dtype(head_dtype, target_dtype, caplog):
     torch.manual_seed(1)
     head = FSPADDraftModel.from_target(target).to(head_dtype)
     with caplog.at_level(logging.WARNING, logger="hf_specdec.draft.modeling_fspad"):
-        out = greedy(target, assistant_model=head, strategy="fspad", cost_curve=CURVE)
+        out = greedy(target, assistant_model=head, strategy="fspad", cost_curve=CHEAP_CURVE)
     assert head.dtype == target_dtype
     assert f"follows its target to {target_dtype}" in caplog.text
     if target_dtype == torch.float32:  # float32: lossless means identical
@@ -75,7 +73,7 @@ def test_pad_token_inside_the_prompt_names_the_derived_mask(llama, llama_head):
     with pytest.raises(ValueError, match=r"position\(s\) 2.*derived one from pad_token_id=0.*attention_mask=torch.ones_like"):
         greedy(llama, ids, assistant_model=llama_head, strategy="fspad")
     ones = torch.ones_like(ids)  # the fix the error names: the token is text
-    out = greedy(llama, ids, attention_mask=ones, assistant_model=llama_head, strategy="fspad", cost_curve=CURVE)
+    out = greedy(llama, ids, attention_mask=ones, assistant_model=llama_head, strategy="fspad", cost_curve=CHEAP_CURVE)
     assert torch.equal(out, greedy(llama, ids, attention_mask=ones))
 
 
@@ -90,7 +88,7 @@ def test_concurrent_generate_calls_each_get_their_own_result(llama, llama_head):
     """4 threads share one target and one head; every call must equal its single-threaded result."""
     prompts = [torch.randint(1, 128, (1, n), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 13, 21)]
     calls = {
-        "fspad sized": lambda p: greedy(llama, p, assistant_model=llama_head, strategy="fspad", cost_curve=CURVE),
+        "fspad sized": lambda p: greedy(llama, p, assistant_model=llama_head, strategy="fspad", cost_curve=CHEAP_CURVE),
         "fspad fixed": lambda p: greedy(llama, p, assistant_model=llama_head, strategy="fspad", tree_top_k=2,
                                         tree_depth=3, tree_total_tokens=8),
         "superposed": lambda p: llama.generate(p, strategy="superposed", ngram=False, num_return_sequences=2,

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .features import is_validation, load_samples, read_manifest
