@@ -88,11 +88,15 @@ _LOADING = threading.Lock()
 
 def _draft_for(model, draft, kwargs):
     """assistant_model as given, or -- for a string -- the head `load_draft` makes of it, cached per target."""
+    revision = kwargs.pop("assistant_revision", None)
     if not isinstance(draft, (str, os.PathLike)):
+        if revision is not None:
+            raise ValueError("assistant_revision= pins the revision of a head named by a string; pass "
+                             "assistant_model='<repo id>' with it, or drop it.")
         return draft
     from .draft import load_draft
 
-    key = (str(draft), kwargs.pop("assistant_revision", None))
+    key = (str(draft), revision)
     with _LOADING:
         per_target = _LOADED_DRAFTS.setdefault(model, {})
         if key not in per_target:

@@ -381,3 +381,19 @@ def test_eagle3_fused_layers_beyond_the_target_are_a_pairing_error(tmp_path, dee
     write_eagle3(tmp_path / "head2", deep_target, "eagle")
     with pytest.raises(ValueError, match=r"hidden size: head 64, target 32"):
         load_draft(tmp_path / "head2", target=wider)
+
+
+def test_an_eagle3_head_saved_by_us_loads_back_identically(tmp_path, deep_target):
+    from transformers import AutoModel as Auto
+
+    write_eagle3(tmp_path / "eagle", deep_target, "speculators", layers=[1, 2, 4], extra_layers=1)
+    head = load_draft(tmp_path / "eagle", target=deep_target)
+    head.save_pretrained(tmp_path / "ours")
+    for again in (load_draft(tmp_path / "ours", target=deep_target), Auto.from_pretrained(tmp_path / "ours")):
+        again.attach_target(deep_target)
+        assert type(again) is type(head) and again.feature_layers == head.feature_layers
+        tokens, features = torch.randint(1, V, (1, 6)), torch.randn(1, 6, 3 * H)
+        with torch.no_grad():
+            a = head.compute_logits(head(input_ids=tokens, features=features).hidden_states)
+            b = again.compute_logits(again(input_ids=tokens, features=features).hidden_states)
+        assert torch.equal(a, b)

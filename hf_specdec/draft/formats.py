@@ -83,7 +83,7 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def detect_layout(config: dict, keys) -> str:
     keys = set(keys)
-    if config.get("model_type") == "fspad":
+    if config.get("model_type") in ("fspad", "hf_specdec_eagle3"):
         return "hf_specdec"
     if config.get("speculators_model_type") == "eagle3":
         return "speculators-eagle3"
@@ -238,8 +238,12 @@ def load_draft(path_or_repo_id, target=None, revision: str | None = None, tokeni
     folder = resolve_folder(str(path_or_repo_id), revision, **hub_kwargs)
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    if config.get("model_type") == "fspad":
-        head = FSPADDraftModel.from_pretrained(folder)
+    ours = {"fspad": FSPADDraftModel, "hf_specdec_eagle3": None}
+    if config.get("model_type") in ours:  # saved by our save_pretrained: the class's own (strict) loader
+        from .modeling_eagle3 import Eagle3DraftModel
+
+        cls = ours[config["model_type"]] or Eagle3DraftModel
+        head = cls.from_pretrained(folder)
     else:
         weights = read_weights(folder)
         layout = detect_layout(config, weights)
