@@ -397,3 +397,13 @@ def test_an_eagle3_head_saved_by_us_loads_back_identically(tmp_path, deep_target
             a = head.compute_logits(head(input_ids=tokens, features=features).hidden_states)
             b = again.compute_logits(again(input_ids=tokens, features=features).hidden_states)
         assert torch.equal(a, b)
+
+
+def test_a_head_that_is_not_there_is_a_clear_error(tmp_path, target, monkeypatch):
+    import huggingface_hub
+
+    with pytest.raises(FileNotFoundError, match="No draft head folder at"):
+        target.generate(torch.tensor([[1, 2, 3]]), assistant_model=str(tmp_path / "missing"), strategy="fspad")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match="Could not get the draft head 'someone/absent'"):
+        load_draft("someone/absent", cache_dir=str(tmp_path / "empty-cache"))

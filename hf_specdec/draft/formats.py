@@ -223,13 +223,21 @@ def convert_eagle3_state(layout: str, config: dict, weights: dict[str, torch.Ten
 # ------------------------------------------------------------------------------------------- loading
 def resolve_folder(path_or_repo_id: str, revision: str | None = None, **hub_kwargs) -> Path:
     """A local folder as is; anything else is a Hub repo id, downloaded (or found in the offline cache)."""
-    local = Path(path_or_repo_id)
+    local = Path(path_or_repo_id).expanduser()
     if local.is_dir():
         return local
+    if local.is_absolute() or path_or_repo_id.startswith((".", "~")) or local.exists():
+        raise FileNotFoundError(f"No draft head folder at {path_or_repo_id}: pass a folder holding config.json and "
+                                "the weights, or a Hub repo id.")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path_or_repo_id, revision=revision,
-                                  allow_patterns=["*.json", "*.safetensors", "*.bin", "*.md"], **hub_kwargs))
+    try:
+        return Path(snapshot_download(path_or_repo_id, revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.bin", "*.md"], **hub_kwargs))
+    except Exception as error:  # offline without a cached copy, an unknown repo, a malformed id
+        raise OSError(f"Could not get the draft head {path_or_repo_id!r} from the Hub or its local cache "
+                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Pass a local folder, or a repo "
+                      "id that is reachable or already cached.") from error
 
 
 def load_draft(path_or_repo_id, target=None, revision: str | None = None, tokenizer=None, **hub_kwargs):

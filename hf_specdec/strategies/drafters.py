@@ -18,8 +18,8 @@ from .engine import target_forward
 
 
 class HeadDrafter:
-    """A draft head (FSPAD / EAGLE-2, EAGLE-3). Its cache holds one entry per target position except the root's: head position t
-    reads (x_{t+1}, f_t)."""
+    """A draft head (FSPAD / EAGLE-2, EAGLE-3). Its cache holds one entry per target position except the
+    root's: head position t reads (x_{t+1}, f_t)."""
 
     def __init__(self, head: DraftHead, stats: SpecDecodeStats):
         self.head = self.model = head
