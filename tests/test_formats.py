@@ -216,6 +216,10 @@ def test_our_heads_round_trip_through_other_layouts(tmp_path, target, variant, l
         convert(str(tmp_path / "ours"), tmp_path / "converted")  # ours -> ours: identical drafts
         again = load_draft(tmp_path / "converted", target=target)
         assert torch.equal(head_logits(again, tokens, features), want)
+        from transformers import AutoModel
+
+        assert type(AutoModel.from_pretrained(tmp_path / "converted")) is FSPADDraftModel
+        assert str(tmp_path / "ours") in (tmp_path / "converted" / "README.md").read_text()  # the card names the source
         save_layout(ours, tmp_path / layout, layout)  # ours -> theirs -> back
         back = load_draft(tmp_path / layout, target=target)
         assert back.config.source_layout == layout
@@ -223,9 +227,14 @@ def test_our_heads_round_trip_through_other_layouts(tmp_path, target, variant, l
 
 
 def test_fspad_heads_cannot_be_written_as_eagle(tmp_path, target):
+    from hf_specdec.training.export import convert
+
     head = FSPADDraftModel.from_target(target, variant="fspad")
     with pytest.raises(ValueError, match="no feature-sampling block.*fspad-reference"):
         save_layout(head, tmp_path / "x", "eagle")
+    head.save_pretrained(tmp_path / "ours")
+    with pytest.raises(ValueError, match="--to eagle writes the target's embedding into the head: pass --target"):
+        convert(str(tmp_path / "ours"), tmp_path / "y", to="eagle")
 
 
 # ---------------------------------------------------------------------------------------------- EAGLE-3
