@@ -22,9 +22,12 @@ import pickle
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
-from .configuration_fspad import FSPADConfig
 from .base import embedding_fingerprint, same_fingerprint
+from .configuration_eagle3 import Eagle3Config
+from .configuration_fspad import FSPADConfig
+from .modeling_eagle3 import Eagle3DraftModel
 from .modeling_fspad import FSPADDraftModel
 
 # Tree defaults of the EAGLE code (total_token 60, depth 6, top_k 10), written with converted heads.
@@ -47,6 +50,7 @@ KEY_MAPS = {
 OPTIONAL = {"fc.bias", "fc.fc.bias", *(f"layers.0.self_attn.{p}_proj.bias" for p in "qkvo")}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer older checkpoints saved; recomputed from the config
 EMBEDDING = "embed_tokens.weight"
+OUR_CLASSES = {"fspad": FSPADDraftModel, "hf_specdec_eagle3": Eagle3DraftModel}  # config model_type -> class
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -83,7 +87,7 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def detect_layout(config: dict, keys) -> str:
     keys = set(keys)
-    if config.get("model_type") in ("fspad", "hf_specdec_eagle3"):
+    if config.get("model_type") in OUR_CLASSES:
         return "hf_specdec"
     if config.get("speculators_model_type") == "eagle3":
         return "speculators-eagle3"
@@ -126,13 +130,10 @@ def convert_state(layout: str, config: dict, weights: dict[str, torch.Tensor], s
     H = int(config.get("hidden_size") or state["fc.weight"].shape[0])
     heads = int(config["num_attention_heads"])
     qkv_bias = any(f"self_attn.{p}_proj.bias" in state for p in "qkv")
-    if qkv_bias and "self_attn.o_proj.bias" not in state:  # Qwen2-style q/k/v biases: o_proj has none (zero)
-        state["self_attn.o_proj.bias"] = torch.zeros(H, dtype=state["self_attn.o_proj.weight"].dtype)
-    if qkv_bias:
-        for p in "qkv":
-            name = f"self_attn.{p}_proj.bias"
-            state.setdefault(name, torch.zeros(state[f"self_attn.{p}_proj.weight"].shape[0],
-                                               dtype=state["self_attn.o_proj.weight"].dtype))
+    if qkv_bias:  # LlamaAttention biases all four projections; Qwen2-style heads store q/k/v only (o's is zero)
+        for p in "qkvo":
+            weight = state[f"self_attn.{p}_proj.weight"]
+            state.setdefault(f"self_attn.{p}_proj.bias", weight.new_zeros(weight.shape[0]))
     embedding = weights.get(EMBEDDING)
     theta, scaling = _rope(config)
     vocab = int(config.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0))
@@ -166,8 +167,6 @@ def convert_eagle3_state(layout: str, config: dict, weights: dict[str, torch.Ten
     """(Eagle3Config, our state dict, the stored embedding or None) for an EAGLE-3 head: the EAGLE repository's
     layout (`midlayer.*` or `layers.0.*`) or speculators' (`layers.0.*`, extra plain `layers.1..`, a nested
     `transformer_layer_config`)."""
-    from .configuration_eagle3 import Eagle3Config
-
     shape = config.get("transformer_layer_config") or config
     first = "midlayer." if any(k.startswith("midlayer.") for k in weights) else "layers.0."
     state, unexpected = {}, []
@@ -246,20 +245,14 @@ def load_draft(path_or_repo_id, target=None, revision: str | None = None, tokeni
     folder = resolve_folder(str(path_or_repo_id), revision, **hub_kwargs)
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    ours = {"fspad": FSPADDraftModel, "hf_specdec_eagle3": None}
-    if config.get("model_type") in ours:  # saved by our save_pretrained: the class's own (strict) loader
-        from .modeling_eagle3 import Eagle3DraftModel
-
-        cls = ours[config["model_type"]] or Eagle3DraftModel
-        head = cls.from_pretrained(folder)
+    if config.get("model_type") in OUR_CLASSES:  # saved by our save_pretrained: the class's own (strict) loader
+        head = OUR_CLASSES[config["model_type"]].from_pretrained(folder)
     else:
         weights = read_weights(folder)
         layout = detect_layout(config, weights)
         if not config:
             raise ValueError(f"{folder} has no config.json: the {layout} layout needs one for the head's shape.")
         if layout in ("eagle3", "speculators-eagle3"):
-            from .modeling_eagle3 import Eagle3DraftModel
-
             head_config, state, embedding = convert_eagle3_state(layout, config, weights, str(path_or_repo_id))
             head = Eagle3DraftModel(head_config)
         else:
@@ -267,8 +260,6 @@ def load_draft(path_or_repo_id, target=None, revision: str | None = None, tokeni
             head = FSPADDraftModel(head_config)
         head.load_state_dict(state, strict=True)
         head = head.to(state["fc.weight"].dtype)
-        from transformers import GenerationConfig
-
         head.generation_config = GenerationConfig(**EAGLE_TREE)
         if target is not None and embedding is not None:
             check_stored_embedding(embedding, target, path_or_repo_id)
