@@ -102,7 +102,7 @@ class NgramTable:
     @classmethod
     def from_texts(cls, texts: Iterable[str], tokenizer, **kwargs) -> "NgramTable":
         """Build from raw texts tokenised with `tokenizer` (no special tokens)."""
-        from .draft.modeling_fspad import tokenizer_hash
+        from .draft.base import tokenizer_hash
 
         sequences = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
         return cls.build(sequences, vocab_size=len(tokenizer), tokenizer_hash=tokenizer_hash(tokenizer), **kwargs)
@@ -156,7 +156,7 @@ class NgramTable:
 
     def check_tokenizer(self, tokenizer, vocab_size: int | None = None) -> None:
         """Raise unless the table was built with this tokenizer (or, without one, this vocabulary size)."""
-        from .draft.modeling_fspad import tokenizer_hash
+        from .draft.base import tokenizer_hash
 
         if tokenizer is not None and self.tokenizer_hash and tokenizer_hash(tokenizer) != self.tokenizer_hash:
             raise ValueError("The n-gram table was built with another tokenizer than the target's; build one with "
@@ -226,7 +226,7 @@ def main(argv=None):
     if args.default_for_model:
         from transformers import AutoModelForCausalLM
 
-        from .draft.modeling_fspad import embedding_fingerprint
+        from .draft.base import embedding_fingerprint
 
         model = AutoModelForCausalLM.from_pretrained(args.model) if args.model else default_target()[0]
         table.target_fingerprint = embedding_fingerprint(model.get_input_embeddings().weight)

@@ -21,7 +21,6 @@ from hf_specdec import FSPADDraftModel
 from hf_specdec.testing import oracle_head
 from hf_specdec.tree import CostCurve
 
-REFUSALS: list = []
 CASES = int(os.environ.get("HF_SPECDEC_FUZZ", "25"))
 ALLOWED_ERRORS = (ValueError, TypeError, NotImplementedError)
 # Options an error may name although the call did not set them: what the strategy needs and was not given.
@@ -192,7 +191,6 @@ def check_case(setup, strategy: str, seed: int):
     try:
         out = call(target, prompt, mask, options, strategy=strategy)
     except Exception as error:
-        REFUSALS.append(f"{type(error).__name__}: {str(error)[:200]}")
         if isinstance(error, ALLOWED_ERRORS) and names_an_option(str(error), options):
             return "refused"
         # otherwise it must be stock's own answer to these options (stock validates them, or fails the same way)

@@ -115,46 +115,56 @@ def _rope(config: dict) -> tuple[float, dict | None]:
     return float(theta), scaling
 
 
+def _check_keys(layout: str, source: str, missing: list[str], unexpected: list[str]) -> None:
+    if missing or unexpected:
+        parts = ([f"missing: {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected: {', '.join(sorted(unexpected))}"] if unexpected else [])
+        raise ValueError(f"The {layout} head at {source} does not match its layout ({'; '.join(parts)}).")
+
+
+def _layer_shape(shape: dict, hidden: int, intermediate: int, embedding, layout: str, source: str) -> dict:
+    """DraftHeadConfig's arguments from a LlamaConfig-style dict (missing sizes from the tensors)."""
+    heads = int(shape["num_attention_heads"])
+    theta, scaling = _rope(shape)
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=int(shape.get("intermediate_size") or intermediate),
+        num_attention_heads=heads,
+        num_key_value_heads=int(shape.get("num_key_value_heads") or heads),
+        head_dim=int(shape.get("head_dim") or hidden // heads),
+        rms_norm_eps=float(shape.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rotary_scaling=scaling,
+        max_position_embeddings=int(shape.get("max_position_embeddings", 8192)),
+        vocab_size=int(shape.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0)),
+        target_fingerprint=embedding_fingerprint(embedding) if embedding is not None else None,
+        source_layout=layout,
+        source=source,
+    )
+
+
 def convert_state(layout: str, config: dict, weights: dict[str, torch.Tensor], source: str):
     """(FSPADConfig, our state dict, the stored embedding or None) for an EAGLE-1/2 or FSPAD-reference head.
     Missing required tensors and tensors the layout does not have are errors naming them."""
     mapping = KEY_MAPS[layout]
     required = sorted(k for k in mapping if k not in OPTIONAL)
     missing = [k for k in required if k not in weights]
-    unexpected = sorted(k for k in weights if k not in mapping and k != EMBEDDING and not k.endswith(IGNORED_SUFFIXES))
-    if missing or unexpected:
-        parts = ([f"missing: {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected: {', '.join(unexpected)}"] if unexpected else [])
-        raise ValueError(f"The {layout} head at {source} does not match its layout ({'; '.join(parts)}).")
+    unexpected = [k for k in weights if k not in mapping and k != EMBEDDING and not k.endswith(IGNORED_SUFFIXES)]
+    _check_keys(layout, source, missing, unexpected)
     state = {ours: weights[theirs] for theirs, ours in mapping.items() if theirs in weights}
     H = int(config.get("hidden_size") or state["fc.weight"].shape[0])
-    heads = int(config["num_attention_heads"])
     qkv_bias = any(f"self_attn.{p}_proj.bias" in state for p in "qkv")
     if qkv_bias:  # LlamaAttention biases all four projections; Qwen2-style heads store q/k/v only (o's is zero)
         for p in "qkvo":
             weight = state[f"self_attn.{p}_proj.weight"]
             state.setdefault(f"self_attn.{p}_proj.bias", weight.new_zeros(weight.shape[0]))
     embedding = weights.get(EMBEDDING)
-    theta, scaling = _rope(config)
-    vocab = int(config.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0))
     ours = FSPADConfig(
-        hidden_size=H,
-        intermediate_size=int(config.get("intermediate_size") or state["gate_proj.weight"].shape[0]),
-        num_attention_heads=heads,
-        num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-        head_dim=int(config.get("head_dim") or H // heads),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta,
-        rotary_scaling=scaling,
-        max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
-        vocab_size=vocab,
+        **_layer_shape(config, H, state["gate_proj.weight"].shape[0], embedding, layout, source),
         attention_bias=qkv_bias,
         fc_bias="fc.bias" in state,
         use_feature_sampling=layout == "fspad-reference",
         use_partial_alignment=state["down_proj.weight"].shape[0] == 2 * H,
-        target_fingerprint=embedding_fingerprint(embedding) if embedding is not None else None,
-        source_layout=layout,
-        source=source,
     )
     return ours, state, embedding
 
@@ -181,40 +191,22 @@ def convert_eagle3_state(layout: str, config: dict, weights: dict[str, torch.Ten
         elif key not in (EMBEDDING, "t2d") and not key.endswith(IGNORED_SUFFIXES):
             unexpected.append(key)
     required = ["fc.weight", "norm.weight", "lm_head.weight", *(f"midlayer.{k}" for k in _EAGLE3_LAYER)]
-    missing = [k for k in required if k not in state]
-    if missing or unexpected:
-        parts = ([f"missing: {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected: {', '.join(sorted(unexpected))}"] if unexpected else [])
-        raise ValueError(f"The {layout} head at {source} does not match its layout ({'; '.join(parts)}).")
+    _check_keys(layout, source, [k for k in required if k not in state], unexpected)
     H = int(shape.get("hidden_size") or state["norm.weight"].shape[0])
-    heads = int(shape["num_attention_heads"])
     draft_vocab = int(config.get("draft_vocab_size") or state["lm_head.weight"].shape[0])
     state.setdefault("d2t", torch.zeros(draft_vocab, dtype=torch.long))  # a full-vocabulary head maps id to id
-    extra = sorted({k.split(".")[1] for k in state if k.startswith("extra_layers.")})
+    extra = {k.split(".")[1] for k in state if k.startswith("extra_layers.")}
     embedding = weights.get(EMBEDDING)
-    theta, scaling = _rope(shape)
     fused = state["fc.weight"].shape[1]
     target_hidden = int(config.get("target_hidden_size") or fused // 3)
     ours = Eagle3Config(
-        hidden_size=H,
-        intermediate_size=int(shape.get("intermediate_size") or state["midlayer.mlp.gate_proj.weight"].shape[0]),
-        num_attention_heads=heads,
-        num_key_value_heads=int(shape.get("num_key_value_heads") or heads),
-        head_dim=int(shape.get("head_dim") or H // heads),
-        rms_norm_eps=float(shape.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta,
-        rotary_scaling=scaling,
-        max_position_embeddings=int(shape.get("max_position_embeddings", 8192)),
-        vocab_size=int(shape.get("vocab_size") or (embedding.shape[0] if embedding is not None else 0)),
+        **_layer_shape(shape, H, state["midlayer.mlp.gate_proj.weight"].shape[0], embedding, layout, source),
         draft_vocab_size=draft_vocab,
         target_hidden_size=target_hidden,
         num_fused_layers=fused // target_hidden,
         feature_layers=config.get("eagle_aux_hidden_state_layer_ids"),
         norm_before_residual=bool(config.get("norm_before_residual", False)),
         num_extra_layers=len(extra),
-        target_fingerprint=embedding_fingerprint(embedding) if embedding is not None else None,
-        source_layout=layout,
-        source=source,
     )
     return ours, state, embedding
 

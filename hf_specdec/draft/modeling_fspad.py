@@ -23,15 +23,7 @@ from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from ..compat import cache_kwargs
-from .base import (  # noqa: F401  (re-exported: the names callers import from here)
-    DraftHead,
-    DraftOutput,
-    TargetParts,
-    check_loading_info,
-    embedding_fingerprint,
-    same_fingerprint,
-    tokenizer_hash,
-)
+from .base import DraftHead, DraftOutput, TargetParts, embedding_fingerprint, tokenizer_hash
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)

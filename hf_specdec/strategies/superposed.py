@@ -70,7 +70,7 @@ def resolve_ngram(ngram, model, tokenizer) -> NgramTable | None:
     elif ngram is not None:
         table = NgramTable.load(ngram)
     else:
-        from ..draft.modeling_fspad import embedding_fingerprint, same_fingerprint
+        from ..draft.base import embedding_fingerprint, same_fingerprint
 
         table = NgramTable.load(SHIPPED_TABLE) if SHIPPED_TABLE.exists() else None
         fingerprint = table.target_fingerprint if table is not None else None

@@ -38,7 +38,7 @@ def read_manifest(feature_dir) -> dict:
 
 def target_description(model) -> dict:
     """What the features were extracted from, so training can check it is pairing the head with that target."""
-    from ..draft.modeling_fspad import embedding_fingerprint
+    from ..draft.base import embedding_fingerprint
 
     return {
         "architecture": (model.config.architectures or [type(model).__name__])[0],

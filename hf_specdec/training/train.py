@@ -116,7 +116,7 @@ def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.T
 
 def check_features_match(manifest: dict, head, features) -> None:
     """The features and the head must come from the same target (embedding fingerprint), or nothing learnt transfers."""
-    from ..draft.modeling_fspad import same_fingerprint
+    from ..draft.base import same_fingerprint
 
     if not same_fingerprint(manifest["target"]["fingerprint"], head.config.target_fingerprint):
         raise ValueError(f"The features in {features} were extracted from another target than the head's "
