@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -22,12 +23,15 @@ class SpecDecodeStats:
     accepted_lengths: tokens emitted by each verification forward, the bonus token included.
     draft_forwards: forward passes of the draft.
     tau = mean(accepted_lengths): tokens per verification forward (plain decoding has tau = 1).
+    rows: for a batch, each row's own counters (target_forwards: the forwards it took part in); the batch's
+    forwards are shared, its new_tokens and accepted_lengths are all the rows' together.
     """
 
     target_forwards: int = 0
     draft_forwards: int = 0
     new_tokens: int = 0
     accepted_lengths: list[int] = field(default_factory=list)
+    rows: list["SpecDecodeStats"] | None = None
 
     @property
     def tau(self) -> float:
@@ -40,6 +44,7 @@ class SpecDecodeStats:
             "new_tokens": self.new_tokens,
             "accepted_lengths": list(self.accepted_lengths),
             "tau": self.tau,
+            **({"rows": [row.to_dict() for row in self.rows]} if self.rows is not None else {}),
         }
 
 
@@ -172,6 +177,40 @@ def strip_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
                         "contain).")
         raise ValueError(message)
     return input_ids[:, :n_pad], input_ids[:, n_pad:]
+
+
+def left_padding_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_token_id=None) -> torch.Tensor:
+    """For a batch: [B, L] bool, which slots hold prompt tokens; every row must be left padding, then its
+    prompt (the checks and errors of `strip_left_padding`, row by row)."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    for b in range(input_ids.shape[0]):
+        try:
+            strip_left_padding(input_ids[b : b + 1], attention_mask[b : b + 1], pad_token_id)
+        except ValueError as error:
+            raise ValueError(f"Row {b} of the batch: {error}") from None
+        if not bool(attention_mask[b].any()):
+            raise ValueError(f"Row {b} of the batch is all padding (its attention_mask is all zeros); every row "
+                             "needs at least one prompt token.")
+    return attention_mask.bool()
+
+
+def processors_for_row(processors: LogitsProcessorList, row: int) -> LogitsProcessorList:
+    """The request's processors as they act on row `row` of the batch when it is processed alone (as row 0 of
+    a one-row batch): prefix_allowed_tokens_fn still gets batch id `row`, a repetition penalty still skips this
+    row's own padding. The others hold no per-row state and are shared."""
+    out = LogitsProcessorList()
+    for processor in processors:
+        if isinstance(processor, PrefixConstrainedLogitsProcessor):
+            fn = processor._prefix_allowed_tokens_fn
+            processor = copy.copy(processor)
+            processor._prefix_allowed_tokens_fn = lambda batch_id, sent, fn=fn: fn(row, sent)
+        elif isinstance(getattr(processor, "prompt_ignore_length", None), torch.Tensor):
+            ignore = processor.prompt_ignore_length[row : row + 1]
+            processor = copy.copy(processor)
+            processor.prompt_ignore_length = ignore
+        out.append(processor)
+    return out
 
 
 def reads_batch_rows(processor) -> bool:

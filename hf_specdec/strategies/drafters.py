@@ -13,6 +13,7 @@ from transformers import DynamicCache
 
 from ..draft.base import DraftHead
 from ..tree import check_compactable, crop_cache, tree_mask_for
+from ..tree.ragged import Slots, chain_ancestors, keep_cache_rows, last_real
 from .common import SpecDecodeStats
 from .engine import target_forward
 
@@ -27,31 +28,49 @@ class HeadDrafter:
         self.stats = stats
         self.feature_layers = head.feature_layers
 
-    def start(self, prompt, first, features):
-        return self.catch_up(torch.cat([prompt[:, 1:], first[:, None]], 1), features, 0)
+    def start(self, prompt, first, features, valid=None):
+        """`valid` [B, L]: which prompt slots hold tokens (a left-padded batch); None for one unpadded row."""
+        pairs = torch.cat([prompt[:, 1:], first[:, None]], 1)
+        if valid is None:
+            return self.catch_up(pairs, features, 0)
+        return self.catch_up(pairs, features, Slots(valid[:, :0]), real=valid)
 
-    def catch_up(self, tokens: torch.Tensor, features: torch.Tensor, cached: int):
+    def catch_up(self, tokens: torch.Tensor, features: torch.Tensor, cached: "int | Slots", real=None):
         """Feed pairs (x_{t+1}, f_t) for t = cached..cached+P-1 (rewinding anything after `cached`).
         Returns the draft's (log-probs [B, V], feature [B, H]) after the last one: what the next root's
-        children are drawn from."""
-        crop_cache(self.cache, cached)
-        P = tokens.shape[1]
-        positions = torch.arange(cached, cached + P, device=tokens.device)[None]
-        # The new pairs see the whole cache and each other causally: a chain is a tree whose ancestors are the
-        # lower triangle, so the expansion's mask path serves (packed for the tree attention kernel).
-        chain = torch.ones(P, P, dtype=torch.bool, device=tokens.device).tril()[None]
-        out = self.head(input_ids=tokens, features=features, position_ids=positions,
-                        attention_mask=tree_mask_for(self.head, chain, cached), cache=self.cache)
-        self.stats.draft_forwards += 1
-        logits = self.head.compute_logits(out.hidden_states[:, -1]).float()
-        return logits.log_softmax(-1), out.features[:, -1]
+        children are drawn from.
 
-    def expand(self, cached: int):
-        """The `expand` callback for a tree whose root sits at head position cached - 1."""
+        For a batch, `cached` is the rows' `Slots` and `real` [B, P] says which of the P new slots hold a
+        pair in each row (rows accept paths of different lengths); the output is each row's last real pair."""
+        P = tokens.shape[1]
+        if isinstance(cached, Slots):
+            crop_cache(self.cache, cached.width)
+            positions, mask = cached.positions_of(real), cached.mask(self.head, chain_ancestors(real))
+        else:
+            crop_cache(self.cache, cached)
+            positions = torch.arange(cached, cached + P, device=tokens.device)[None]
+            # The new pairs see the whole cache and each other causally: a chain is a tree whose ancestors are
+            # the lower triangle, so the expansion's mask path serves (packed for the tree attention kernel).
+            chain = torch.ones(P, P, dtype=torch.bool, device=tokens.device).tril()[None]
+            mask = tree_mask_for(self.head, chain, cached)
+        out = self.head(input_ids=tokens, features=features, position_ids=positions, attention_mask=mask,
+                        cache=self.cache)
+        self.stats.draft_forwards += 1
+        last = torch.full(tokens.shape[:1], P - 1, device=tokens.device) if real is None else last_real(real)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        logits = self.head.compute_logits(out.hidden_states[rows, last]).float()
+        return logits.log_softmax(-1), out.features[rows, last]
+
+    def expand(self, cached: "int | Slots"):
+        """The `expand` callback for a tree whose root sits at head position cached - 1 (for a batch: each
+        row's last cached position)."""
 
         def expand(tokens, features, slot_ancestors, depth):
-            mask = tree_mask_for(self.head, slot_ancestors, cached)
-            positions = torch.full(tokens.shape, cached + depth - 1, device=tokens.device)
+            if isinstance(cached, Slots):
+                mask, positions = cached.mask(self.head, slot_ancestors), cached.positions(torch.full_like(tokens, depth - 1))
+            else:
+                mask = tree_mask_for(self.head, slot_ancestors, cached)
+                positions = torch.full(tokens.shape, cached + depth - 1, device=tokens.device)
             out = self.head(
                 input_ids=tokens, features=features, position_ids=positions,
                 attention_mask=mask, cache=self.cache,
@@ -60,6 +79,13 @@ class HeadDrafter:
             return self.head.compute_logits(out.hidden_states).float().log_softmax(-1), out.features
 
         return expand
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop the batch rows that finished (a head with per-row state of its own, like the tests' oracle,
+        follows through its own `keep_rows`)."""
+        keep_cache_rows(self.cache, rows)
+        if hasattr(self.head, "keep_rows"):
+            self.head.keep_rows(rows)
 
 
 def check_draft_lm(draft, target, strategy: str) -> None:

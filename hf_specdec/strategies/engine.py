@@ -36,6 +36,7 @@ from .common import (
     check_generation_config,
     check_model_kwargs,
     check_prompt,
+    left_padding_mask,
     process_tree_scores,
     strip_left_padding,
 )
@@ -119,18 +120,20 @@ def choose_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
 
 
 def open_request(strategy: str, model, input_ids, generation_config: GenerationConfig, synced_gpus: bool,
-                 model_kwargs: dict, draft=None, extra_options: set[str] = frozenset()):
+                 model_kwargs: dict, draft=None, extra_options: set[str] = frozenset(), batched: bool = False):
     """Checks shared by the tree strategies (the target's and the draft's among them); returns (cache, left
-    padding, unpadded prompt)."""
+    padding, unpadded prompt) for one row, or with `batched` (a strategy that decodes B > 1 rows together) and
+    several rows: (cache, None, `left_padding_mask` [B, L])."""
     check_prompt(strategy, input_ids)
     check_generation_config(strategy, generation_config)
     for network in (model, draft):
         if network is not None:
             check_tree_attention(network)
-    if input_ids.shape[0] != 1:
+    B = input_ids.shape[0]
+    if B != 1 and not batched:
         raise NotImplementedError(
-            f"strategy={strategy!r} supports batch size 1 for now (got {input_ids.shape[0]}); "
-            "call generate once per prompt."
+            f"strategy={strategy!r} supports batch size 1 for now (got {B}); call generate once per prompt "
+            "(strategy='fspad' takes batches)."
         )
     if synced_gpus:
         raise NotImplementedError(f"strategy={strategy!r} does not support synced_gpus.")
@@ -141,6 +144,8 @@ def open_request(strategy: str, model, input_ids, generation_config: GenerationC
     check_compactable(cache)
     if cache.get_seq_length() > 0:
         raise ValueError(f"strategy={strategy!r} starts from an empty cache; do not pass a filled cache.")
+    if B > 1:
+        return cache, None, left_padding_mask(input_ids, model_kwargs.get("attention_mask"), generation_config.pad_token_id)
     padding, prompt = strip_left_padding(input_ids, model_kwargs.get("attention_mask"), generation_config.pad_token_id)
     return cache, padding, prompt
 

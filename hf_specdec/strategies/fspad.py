@@ -17,9 +17,11 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from ..draft.base import DraftHead
 from ..lookup import LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
+from ..tree.sizing import batch_expansion_pays, best_batch_tree_size
 from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
 from .calibration import cost_curve_for
+from .batched import check_batch_options, run_batched_tree_decoding
 from .drafters import HeadDrafter
 from .engine import open_request, run_tree_decoding, target_forward  # noqa: F401  (target_forward: re-export)
 
@@ -96,9 +98,10 @@ class TreeDrafts:
         keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), self.curve, spent)
         return prune_tree(tree, keep)
 
-    def lookup(self, committed: torch.Tensor) -> LookupTrie:
-        self.index.extend(committed[0, len(self.index.tokens):].tolist())
-        return lookup_trie(self.index, depth=self.shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
+    def lookup(self, committed: torch.Tensor, index: SuffixIndex | None = None) -> LookupTrie:
+        index = self.index if index is None else index
+        index.extend(committed[0, len(index.tokens):].tolist())
+        return lookup_trie(index, depth=self.shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
 
     def graft(self, tree: DraftTree, trie: LookupTrie) -> DraftTree:
         return graft(tree, trie.tokens, trie.parents, trie.estimates, self.shape.lookup_tokens)
@@ -120,6 +123,56 @@ class TreeDrafts:
 
         return grow_tree(self.drafter.expand(cached), root, log_probs, feature, self.shape.top_k, self.depth,
                          self.total, self.draft_to_target, should_expand)
+
+
+class BatchTreeDrafts:
+    """The trees of one cycle for a batch (strategies/batched.py's `grow`): one EAGLE-2 growth for all rows (a
+    head forward per level), then each row's own lookup drafts grafted on; with a cost curve, the growth stops
+    when another level cannot pay for the batch, and every row keeps the same number of nodes, the count with
+    the best expected tokens per ms for the whole batch (`best_batch_tree_size`): trees shrink as B grows."""
+
+    def __init__(self, drafts: TreeDrafts, batch_size: int):
+        self.drafts = drafts
+        self.indexes = [SuffixIndex() for _ in range(batch_size)]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.indexes = [self.indexes[i] for i in rows.tolist()]
+
+    def spent_ms(self, head_steps: int, batch_size: int) -> float:
+        """Host work grows with the rows (each is verified and emitted alone); a head step over B rows costs
+        what the target's curve says B times the tokens cost, relative to one row."""
+        curve, k = self.drafts.curve, self.drafts.shape.top_k
+        step = curve.head_step_ms * curve.verify(batch_size * k) / curve.verify(k)
+        return batch_size * curve.overhead_ms + head_steps * step
+
+    def __call__(self, committed: list[torch.Tensor], draft_state, slots) -> list[DraftTree]:
+        d = self.drafts
+        B = len(committed)
+        tries = [d.lookup(c, index) for c, index in zip(committed, self.indexes)] if d.shape.lookup_tokens else [None] * B
+        steps_before = d.drafter.stats.draft_forwards
+        log_probs, feature = draft_state
+        should_expand = None
+        if d.curve is not None:
+            lookup_best = [sorted(t.estimates, reverse=True)[: d.shape.lookup_tokens] if t else [] for t in tries]
+
+            def should_expand(level, candidate_scores, frontier_scores):
+                keep = min(d.total - 1, candidate_scores.shape[1])
+                best = candidate_scores.topk(keep).values.exp().tolist()
+                rows = [sorted(b + extra, reverse=True) for b, extra in zip(best, lookup_best)]
+                return batch_expansion_pays(rows, frontier_scores.exp().tolist(), d.curve, self.spent_ms(level, B),
+                                            self.spent_ms(level + 1, B) - self.spent_ms(level, B))
+
+        roots = torch.cat([c[:, -1] for c in committed])
+        tree = grow_tree(d.drafter.expand(slots), roots, log_probs, feature, d.shape.top_k, d.depth, d.total,
+                         d.draft_to_target, should_expand)
+        trees = [tree.row(b) for b in range(B)]
+        trees = [d.graft(t, trie) if trie is not None else t for t, trie in zip(trees, tries)]
+        if d.curve is None:
+            return trees
+        spent = self.spent_ms(1 + d.drafter.stats.draft_forwards - steps_before, B)
+        rows = [sorted(t.estimates[0, 1:].tolist(), reverse=True) for t in trees]
+        keep, _ = best_batch_tree_size(rows, d.curve, spent)
+        return [prune_tree(t, keep) for t in trees]
 
 
 @torch.no_grad()
@@ -165,7 +218,10 @@ def fspad_generate(
             "LM use strategy='spechub' (sampling) or stock assisted generation (no strategy=)."
         )
     cache, padding, prompt = open_request("fspad", model, input_ids, generation_config, synced_gpus, model_kwargs,
-                                          draft=head)
+                                          draft=head, batched=True)
+    batched = padding is None
+    if batched:
+        check_batch_options("fspad", generation_config, streamer)
     shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens,
                               lookup_tokens=lookup_tokens)
     head.attach_target(model, tokenizer=tokenizer)
@@ -175,6 +231,8 @@ def fspad_generate(
 
     if lookup_mode not in ("merge", "choose"):
         raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
+    if batched and lookup_mode != "merge":
+        raise NotImplementedError("lookup_mode='choose' drafts one row at a time; a batch takes lookup_mode='merge'.")
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
     grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target)
@@ -184,5 +242,8 @@ def fspad_generate(
             return verify_sampling(tree, scores.softmax(-1))
         return verify_greedy(tree, scores)
 
+    if batched:
+        return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter, BatchTreeDrafts(grow, len(input_ids)),
+                                         verify, logits_processor, stopping_criteria, generation_config, stats)
     return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
                              stopping_criteria, generation_config, streamer, stats)

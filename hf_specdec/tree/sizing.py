@@ -52,10 +52,22 @@ class CostCurve:
 
 def best_tree_size(estimates_desc: list[float], curve: CostCurve, fixed_ms: float) -> tuple[int, float]:
     """(N*, rate(N*)) over N = 1 .. len(estimates) + 1 (module docstring); estimates sorted descending."""
-    best_n, best_rate, expected = 1, 1.0 / (fixed_ms + curve.verify(1)), 1.0
-    for i, e in enumerate(estimates_desc):
-        expected += e
-        rate = expected / (fixed_ms + curve.verify(i + 2))
+    return best_batch_tree_size([estimates_desc], curve, fixed_ms)
+
+
+def best_batch_tree_size(rows: list[list[float]], curve: CostCurve, fixed_ms: float) -> tuple[int, float]:
+    """The same for B rows verified in one forward, each with N nodes (its best N - 1 draft nodes, sorted
+    descending per row): a forward over B rows of N tokens costs about what one row of B * N tokens does, so
+
+        rate_B(N) = sum_b (1 + sum_{i < N} e_b(i)) / (fixed_ms + c(B * N))
+
+    and the batch's trees shrink as B grows, down to N = 1, plain batched decoding."""
+    B = len(rows)
+    best_n, best_rate = 1, B / (fixed_ms + curve.verify(B))
+    expected = float(B)
+    for i in range(max(map(len, rows), default=0)):
+        expected += sum(row[i] for row in rows if i < len(row))
+        rate = expected / (fixed_ms + curve.verify(B * (i + 2)))
         if rate > best_rate:
             best_n, best_rate = i + 2, rate
     return best_n, best_rate
@@ -64,13 +76,22 @@ def best_tree_size(estimates_desc: list[float], curve: CostCurve, fixed_ms: floa
 def expansion_pays(estimates_desc: list[float], frontier: list[float], curve: CostCurve, fixed_ms: float) -> bool:
     """Whether one more head step can raise the cycle's best rate. Its best case: the frontier's estimate mass
     F = sum(frontier) arrives in len(frontier) more verified nodes, for one more head step."""
-    _, rate = best_tree_size(estimates_desc, curve, fixed_ms)
-    mass, extra = sum(frontier), len(frontier)
-    expected = 1.0 + mass
-    for n in range(len(estimates_desc) + 1):  # n of the current nodes kept, plus the new ones
+    return batch_expansion_pays([estimates_desc], [frontier], curve, fixed_ms)
+
+
+def batch_expansion_pays(rows: list[list[float]], frontiers: list[list[float]], curve: CostCurve, fixed_ms: float,
+                         head_step_ms: float | None = None) -> bool:
+    """`expansion_pays` for B rows verified together (rate_B of `best_batch_tree_size`): every row's frontier
+    mass arrives in k more nodes per row, for one more head step over the batch (`head_step_ms`, default the
+    curve's one-row step)."""
+    _, rate = best_batch_tree_size(rows, curve, fixed_ms)
+    B, extra = len(rows), max(map(len, frontiers))
+    step = curve.head_step_ms if head_step_ms is None else head_step_ms
+    expected = B + sum(map(sum, frontiers))
+    for n in range(max(map(len, rows), default=0) + 1):  # n of each row's current nodes kept, plus the new ones
         if n:
-            expected += estimates_desc[n - 1]
-        if expected / (fixed_ms + curve.head_step_ms + curve.verify(1 + n + extra)) > rate:
+            expected += sum(row[n - 1] for row in rows if n <= len(row))
+        if expected / (fixed_ms + step + curve.verify(B * (1 + n + extra))) > rate:
             return True
     return False
 

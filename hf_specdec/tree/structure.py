@@ -48,6 +48,12 @@ class DraftTree:
         depths = ancestors.sum(-1) - 1
         return cls(tokens=tokens, parents=parents, depths=depths, ancestors=ancestors, estimates=estimates)
 
+    def row(self, b: int) -> "DraftTree":
+        """Row b as a batch-1 tree."""
+        rows = slice(b, b + 1)
+        estimates = None if self.estimates is None else self.estimates[rows]
+        return DraftTree(self.tokens[rows], self.parents[rows], self.depths[rows], self.ancestors[rows], estimates)
+
     def path_tokens(self) -> torch.Tensor:
         """[B, N, D] tokens along each node's path from depth 1 to its own depth (0-padded), D = max depth."""
         D = int(self.depths.max())
