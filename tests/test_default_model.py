@@ -117,3 +117,44 @@ def test_superposed_works_out_of_the_box_with_the_shipped_table(smollm):
     assert out.sequences_scores.tolist() == sorted(out.sequences_scores.tolist(), reverse=True)
     without = target.generate(ids, strategy="superposed", num_return_sequences=3, max_new_tokens=8, ngram=False)
     assert without.shape == (3, ids.shape[1] + 8)
+
+
+def test_batch_of_chat_prompts_equals_each_alone(smollm, monkeypatch):
+    """A left-padded batch through the real SmolLM2 (float32) with the shipped head: every row is what stock
+    gives that prompt alone, up to its own EOS or stop string, padded after it; and the same through a
+    text-generation pipeline with batch_size=2."""
+    from transformers import pipeline
+
+    model, tok = smollm
+    head = hf_specdec.default_draft(model, tok)
+    chats = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+             for t in ["Say hi.", *PROMPTS]]
+    monkeypatch.setattr(tok, "padding_side", "left")
+    batch = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+    stop = "prime"
+    out = model.generate(**batch, assistant_model=head, strategy="fspad", max_new_tokens=40, tokenizer=tok,
+                         stop_strings=[stop], return_dict_in_generate=True)
+    L = batch.input_ids.shape[1]
+    ended = 0
+    for b, text in enumerate(chats):
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        ref = model.generate(ids, max_new_tokens=40, do_sample=False, stop_strings=[stop], tokenizer=tok)[0]
+        row = out.sequences[b, L - ids.shape[1]:]
+        assert torch.equal(row[: len(ref)], ref), b
+        assert bool((row[len(ref):] == tok.pad_token_id).all()), b
+        ended += len(ref) < ids.shape[1] + 40
+    assert ended >= 2  # rows stop early (EOS for "Say hi.", the stop string for the prime numbers)
+    assert out.spec_stats.tau > 1.5
+
+    import hf_specdec.strategies.fspad as fspad_module
+
+    batches = []
+    batched = fspad_module.run_batched_tree_decoding
+    monkeypatch.setattr(fspad_module, "run_batched_tree_decoding",
+                        lambda model, ids, *args: batches.append(ids.shape[0]) or batched(model, ids, *args))
+    generator = pipeline("text-generation", model=model, tokenizer=tok, batch_size=2)
+    messages = [[{"role": "user", "content": t}] for t in PROMPTS]
+    ours = generator(messages, max_new_tokens=16, do_sample=False, strategy="fspad", assistant_model=head)
+    stock = generator(messages, max_new_tokens=16, do_sample=False)
+    assert [o[0]["generated_text"] for o in ours] == [s[0]["generated_text"] for s in stock]
+    assert batches == [2]  # the pipeline's first batch of two went through the batched engine
