@@ -9,6 +9,7 @@ COMMANDS = {
     "costs": ("hf_specdec.bench.costs", "cost of a tree verification forward and of one head step"),
     "ceiling": ("hf_specdec.bench.ceiling", "speed at a known draft accuracy (oracle head) per tree shape"),
     "bench": ("hf_specdec.bench.specbench", "Spec-Bench: stock vs prompt lookup vs fspad / EAGLE-2 heads vs spechub rules"),
+    "bench-batch": ("hf_specdec.bench.batch", "batched stock greedy vs batched fspad, B = 1, 2, 4, 8: tokens/s, identity"),
     "acceptance": ("hf_specdec.bench.acceptance", "per-node acceptance of RRS / RRSw / SpecHub on real (p, q) pairs"),
     "bench-superposed": ("hf_specdec.bench.superposed", "superposed drafts vs greedy / nucleus / beam: time, perplexity"),
     "bench-kernels": ("hf_specdec.bench.kernels", "Triton tree kernels vs the torch paths they replace (GPU)"),
