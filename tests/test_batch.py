@@ -285,6 +285,65 @@ def test_batch_chi_square_detects_a_lossy_verifier(tiny_sampler, monkeypatch):
         assert chi_square_pvalue(counts[b], probs, draws) < 1e-6, f"row {b}"
 
 
+# ---- spechub: sampled trees grown for all rows in lock step --------------------------------------------------
+
+@torch.no_grad()
+def test_sampled_trees_of_a_batch_are_each_rows_own():
+    """With a deterministic draw, the lock-step growth over a ragged batch gives every row the tree (tokens,
+    parents, draft distributions at every node) that the row grows alone."""
+    from hf_specdec.strategies.common import SpecDecodeStats
+    from hf_specdec.strategies.drafters import HeadDrafter
+    from hf_specdec.tree import grow_sampled_tree, grow_sampled_trees
+
+    target = tiny_target(seed=3)
+    torch.manual_seed(2)
+    head = FSPADDraftModel.from_target(target)
+    head.attach_target(target)
+    rows = random_rows([5, 2, 8], seed=11)
+    ids, mask = left_pad(rows)
+    first = torch.tensor([7, 9, 11])
+
+    def features_of(ids, mask):
+        return target(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+
+    def top_m(q, m):  # deterministic: the m likeliest tokens
+        return q.topk(m, dim=-1).indices
+
+    probs = lambda lp: lp.softmax(-1)  # noqa: E731
+    drafter = HeadDrafter(head, SpecDecodeStats())
+    log_probs, feature = drafter.start(ids, first, features_of(ids, mask), valid=mask.bool())
+    slots = Slots(mask.bool())
+    trees = grow_sampled_trees(drafter.expand(slots), probs, top_m, first, log_probs, feature, width=2, depth=3,
+                               total_tokens=9, distinct=True)
+    for b, row in enumerate(rows):
+        alone_drafter = HeadDrafter(head, SpecDecodeStats())
+        lp, f = alone_drafter.start(row[None], first[b : b + 1], features_of(row[None], None))
+        tree = grow_sampled_tree(alone_drafter.expand(len(row)), probs, top_m, first[b : b + 1], lp, f, width=2,
+                                 depth=3, total_tokens=9, distinct=True)
+        assert torch.equal(trees[b].tokens, tree.tokens) and torch.equal(trees[b].parents, tree.parents), b
+        torch.testing.assert_close(trees[b].draft_probs, tree.draft_probs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("verifier,width", [("spechub", 2), ("rrsw", 3)])
+def test_batch_spechub_distribution_of_every_row(tiny_sampler, verifier, width):
+    target, rows = tiny_sampler
+    torch.manual_seed(4)
+    head = FSPADDraftModel.from_target(target)
+    ids, mask = left_pad(rows)
+    draws = 1200
+    torch.manual_seed(5)
+    counts = [{} for _ in rows]
+    for _ in range(draws):
+        out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="spechub", do_sample=True,
+                              max_new_tokens=NEW, verifier=verifier, drafts_per_node=width, tree_depth=2)
+        for b in range(len(rows)):
+            key = tuple(out[b, ids.shape[1]:].tolist())
+            counts[b][key] = counts[b].get(key, 0) + 1
+    for b, row in enumerate(rows):
+        probs = exact_sequence_probs(target, row[None], {}, VOCAB, NEW)
+        assert chi_square_pvalue(counts[b], probs, draws) > 1e-3, f"row {b}"
+
+
 # ---- errors ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -324,11 +383,13 @@ def test_batch_names_the_row_with_a_hole_or_no_tokens(batch_setup):
         target.generate(ids, attention_mask=empty, assistant_model=head, strategy="fspad", max_new_tokens=4)
 
 
-def test_other_tree_strategies_say_they_take_one_row(batch_setup):
+def test_what_takes_one_row_says_so(batch_setup):
     target, head, ids, mask = batch_setup
-    with pytest.raises(NotImplementedError, match="batch size 1"):
-        target.generate(ids, attention_mask=mask, assistant_model=head, strategy="spechub", do_sample=True,
-                        max_new_tokens=4)
+    with pytest.raises(NotImplementedError, match="draft LM .*batch size 1"):
+        target.generate(ids, attention_mask=mask, assistant_model=tiny_target(seed=9, num_hidden_layers=1),
+                        strategy="spechub", do_sample=True, max_new_tokens=4)
+    with pytest.raises(NotImplementedError, match="one prompt at a time"):
+        target.generate(ids, attention_mask=mask, strategy="superposed", max_new_tokens=4)
     with pytest.raises(NotImplementedError, match="lookup_mode"):
         target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", max_new_tokens=4,
                         lookup_mode="choose")

@@ -26,6 +26,19 @@ from .engine import Drafter, choose_token, target_forward
 BatchGrow = Callable[[list[torch.Tensor], tuple, Slots], list[DraftTree]]
 
 
+class RowsWithoutState:
+    """A batch grower that keeps nothing per row: rows leaving the batch need no bookkeeping."""
+
+    def __init__(self, grow: BatchGrow):
+        self.grow = grow
+
+    def __call__(self, committed, draft_state, slots):
+        return self.grow(committed, draft_state, slots)
+
+    def keep_rows(self, rows) -> None:
+        pass
+
+
 def check_batch_options(strategy: str, generation_config: GenerationConfig, streamer) -> None:
     """What a batch cannot give: a streamer (stock streamers take one row too), per-step scores / logits
     (stock computes them for finished rows from their padding; we never run those rows)."""

@@ -26,10 +26,11 @@ from transformers import (
 
 from ..draft.base import DraftHead
 from ..multidraft import VERIFIERS
-from ..tree import grow_sampled_tree
+from ..tree import grow_sampled_tree, grow_sampled_trees
 from ..verification import verify_multidraft
 from .common import SpecDecodeStats, check_tree_numbers
 from .drafters import CausalLMDrafter, HeadDrafter, check_draft_lm
+from .batched import RowsWithoutState, check_batch_options, run_batched_tree_decoding
 from .engine import open_request, run_tree_decoding
 
 # Binary trees (SpecHub's draft law puts two children on a node); full depth 3 = 15 tokens verified per
@@ -94,8 +95,15 @@ def spechub_generate(
             "strategy='spechub' needs a draft: pass assistant_model= an FSPAD head (e.g. "
             "hf_specdec.default_draft(model, tokenizer)) or a small causal LM with the target's tokenizer."
         )
+    if input_ids.dim() == 2 and input_ids.shape[0] > 1 and not isinstance(draft_model, DraftHead):
+        raise NotImplementedError(
+            f"strategy='spechub' decodes a batch ({input_ids.shape[0]} rows) with a draft head (FSPAD / EAGLE); a "
+            f"draft LM ({type(draft_model).__name__}) takes batch size 1: call generate once per prompt."
+        )
     cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs,
-                                          draft=draft_model)
+                                          draft=draft_model, batched=isinstance(draft_model, DraftHead))
+    if padding is None:
+        check_batch_options("spechub", generation_config, streamer)
     stats = SpecDecodeStats()
     if isinstance(draft_model, DraftHead):
         draft_model.attach_target(model, tokenizer=tokenizer)
@@ -120,5 +128,14 @@ def spechub_generate(
     def verify(tree, scores):
         return verify_multidraft(tree, scores.softmax(-1), rule)
 
+    if padding is None:
+        def grow_rows(committed, draft_state, slots):
+            log_probs, feature = draft_state
+            roots = torch.cat([c[:, -1] for c in committed])
+            return grow_sampled_trees(drafter.expand(slots), draft_probs, rule.sample, roots, log_probs, feature,
+                                      width, depth, total, rule.distinct)
+
+        return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter, RowsWithoutState(grow_rows), verify,
+                                         logits_processor, stopping_criteria, generation_config, stats)
     return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
                              stopping_criteria, generation_config, streamer, stats)

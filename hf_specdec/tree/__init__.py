@@ -9,7 +9,7 @@ from .attention import (
     tree_mask_for,
 )
 from .cache import check_compactable, compact_cache, crop_cache
-from .growth import grow_sampled_tree, grow_tree
+from .growth import grow_sampled_tree, grow_sampled_trees, grow_tree
 from .merge import graft
 from .sizing import CostCurve, best_tree_size, expansion_pays, prune_tree
 from .masks import pack_tree_mask, tree_attention_mask, tree_position_ids
@@ -19,6 +19,7 @@ __all__ = [
     "DraftTree",
     "grow_tree",
     "grow_sampled_tree",
+    "grow_sampled_trees",
     "graft",
     "CostCurve",
     "best_tree_size",

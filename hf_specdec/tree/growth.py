@@ -7,7 +7,7 @@ are kept. The draft itself is hidden behind `expand`, so any draft (an FSPAD hea
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 
@@ -118,7 +118,95 @@ def grow_sampled_tree(
     total_tokens: int,
     distinct: bool,
 ) -> SampledDraftTree:
-    """Grow a tree of sampled children, level by level, for one sequence (batch size 1).
+    """Grow a tree of sampled children, level by level, for one sequence (batch size 1): `sampled_growth`
+    with its head steps run by `expand`."""
+    growth = sampled_growth(draft_probs, draw, root_token, root_log_probs, root_features, width, depth,
+                            total_tokens, distinct)
+    try:
+        request = next(growth)
+        while True:
+            request = growth.send(expand(*request))
+    except StopIteration as done:
+        return done.value
+
+
+def grow_sampled_trees(
+    expand: ExpandFn,
+    draft_probs: Callable[[torch.Tensor], torch.Tensor],
+    draw: DrawFn,
+    root_tokens: torch.Tensor,
+    root_log_probs: torch.Tensor,
+    root_features: torch.Tensor | None,
+    width: int,
+    depth: int,
+    total_tokens: int,
+    distinct: bool,
+) -> list[SampledDraftTree]:
+    """One sampled tree per batch row (root_tokens [B], root_log_probs [B, V], root_features [B, H] or None),
+    each grown exactly as `grow_sampled_tree` grows it alone, with one `expand` per level for all rows: the
+    rows' requests are padded to the most nodes any row feeds (padding nodes see themselves alone) and their
+    slots laid side by side, level after level; a row whose tree is done feeds padding only."""
+    B = root_tokens.shape[0]
+    device = root_tokens.device
+    growths = [sampled_growth(draft_probs, draw, root_tokens[b : b + 1], root_log_probs[b : b + 1],
+                              None if root_features is None else root_features[b : b + 1], width, depth,
+                              total_tokens, distinct) for b in range(B)]
+    trees: list[SampledDraftTree | None] = [None] * B
+    requests: dict[int, tuple] = {}
+
+    def advance(b, answer=None):
+        try:
+            requests[b] = next(growths[b]) if answer is None else growths[b].send(answer)
+        except StopIteration as done:
+            trees[b] = done.value
+            requests.pop(b, None)
+
+    for b in range(B):
+        advance(b)
+    columns = [[] for _ in range(B)]  # the batch slot of each of a row's fed nodes
+    width_so_far = 0
+    while requests:
+        n = max(request[0].shape[1] for request in requests.values())
+        level = next(iter(requests.values()))[3]
+        tokens = torch.zeros(B, n, dtype=torch.long, device=device)
+        ancestors = torch.zeros(B, n, width_so_far + n, dtype=torch.bool, device=device)
+        ancestors[:, :, width_so_far:] = torch.eye(n, dtype=torch.bool, device=device)
+        features = None
+        for b, (row_tokens, row_features, row_ancestors, _) in requests.items():
+            k = row_tokens.shape[1]
+            columns[b] += list(range(width_so_far, width_so_far + k))
+            tokens[b, :k] = row_tokens[0]
+            ancestors[b, :k] = False
+            ancestors[b, :k, columns[b]] = row_ancestors[0]
+            if row_features is not None:
+                if features is None:
+                    features = torch.zeros(B, n, row_features.shape[-1], dtype=row_features.dtype, device=device)
+                features[b, :k] = row_features[0]
+        if features is None and root_features is not None:
+            raise ValueError("every row feeds features, or none does")
+        log_probs, out_features = expand(tokens, features, ancestors, level)
+        width_so_far += n
+        for b, (row_tokens, *_rest) in list(requests.items()):
+            k = row_tokens.shape[1]
+            advance(b, (log_probs[b : b + 1, :k], None if out_features is None else out_features[b : b + 1, :k]))
+    return trees
+
+
+def sampled_growth(
+    draft_probs: Callable[[torch.Tensor], torch.Tensor],
+    draw: DrawFn,
+    root_token: torch.Tensor,
+    root_log_probs: torch.Tensor,
+    root_features: torch.Tensor | None,
+    width: int,
+    depth: int,
+    total_tokens: int,
+    distinct: bool,
+) -> Generator[tuple, tuple, SampledDraftTree]:
+    """The growth of a tree of sampled children, level by level, for one sequence (batch size 1), as a
+    generator: it yields each head step it needs, (tokens [1, n], features [1, n, H] or None, ancestors
+    [1, n, S], level) -- `ExpandFn`'s arguments --, is sent that step's (log-probs [1, n, V], features), and
+    returns the tree. (So one row can grow alone, or many in lock step with batched head steps.)
 
     Every expanded node gets `width` children drawn by `draw` from its draft distribution
     q = draft_probs(draft log-probs) (target vocabulary). The node budget `total_tokens` (root included) goes
@@ -175,7 +263,7 @@ def grow_sampled_tree(
                 a = parents[a]
         parent_rows = [frontier.index(parents[n]) for n in fed]
         features = None if frontier_features is None else frontier_features.reshape(len(frontier), -1)[parent_rows][None]
-        frontier_lp, frontier_features = expand(
+        frontier_lp, frontier_features = yield (
             torch.tensor([[tokens[n] for n in fed]], device=device), features, ancestors, level
         )
         frontier = fed
