@@ -3,6 +3,7 @@ same batch (the shipped head, its defaults: cost-sized trees with lookup drafts)
 per batch, in an order that alternates, so machine noise hits both alike.
 
     hf-specdec bench-batch --batch-sizes 1 2 4 8 --prompts 8 --max-new-tokens 128 --repeats 3
+    hf-specdec bench-batch --batch-sizes 4 --prompts 4 --repeats 1 --layout-costs   (holes vs re-aligning)
 
 Prompts: Spec-Bench dev first turns (`--per-category`, through the chat template), cut into consecutive
 batches of B; every B sees the same prompts. tokens/s counts each row's real new tokens (to its EOS, not the
@@ -124,6 +125,83 @@ def float32_identity(questions, batch_size: int, max_new_tokens: int) -> dict:
     return {"batch_size": batch_size, "rows_equal": equal, "rows": total}
 
 
+@torch.no_grad()
+def layout_costs(model, tokenizer, head, questions, batch_size: int = 4, max_new_tokens: int = 128) -> dict:
+    """What the ragged layout (per-row holes, tree/ragged.py) costs against re-aligning the rows every cycle:
+    the holes' share of the slots a real batch reserved, the per-cycle time of moving the accepted paths, of
+    moving every row's whole cache instead, and of a verification forward over the holes."""
+    from transformers import DynamicCache
+
+    from ..strategies import batched
+    from ..strategies.engine import target_forward
+    from ..tree import crop_cache
+    from ..tree.ragged import ragged_tree_mask
+
+    cycles, gather_ms = [], []
+    gather = batched.gather_paths
+
+    def timed_gather(cache, prefix_len, paths):
+        start = time.perf_counter()
+        width = gather(cache, prefix_len, paths)
+        gather_ms.append((time.perf_counter() - start) * 1000)
+        cycles.append((width, [int(p.shape[0]) for p in paths]))
+        return width
+
+    batched.gather_paths = timed_gather
+    try:
+        model.generate(**chat_batches(tokenizer, questions, batch_size)[0], max_new_tokens=max_new_tokens,
+                       strategy="fspad", assistant_model=head)
+    finally:
+        batched.gather_paths = gather
+    reserved = sum(width * len(paths) for width, paths in cycles)
+    holes = 1 - sum(map(sum, (paths for _, paths in cycles))) / reserved
+
+    def filled_cache(length):
+        cache = DynamicCache(config=model.config)
+        model(torch.randint(0, 1000, (batch_size, length)), cache=cache, use_cache=True)
+        return cache
+
+    def median_ms(fn, runs=12):
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times[2:])
+
+    prefix = 300
+    cache = filled_cache(prefix + 100)
+    order = torch.stack([torch.randperm(prefix + 100) for _ in range(batch_size)])
+
+    def realign():  # per-row compaction: every row's whole cache moves
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                setattr(layer, name, t.gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1])))
+
+    def verify_ms(width, n_holes, tokens=8):
+        cache = filled_cache(width)
+        valid = torch.ones(batch_size, width, dtype=torch.bool)
+        valid[:, width - n_holes:] = False
+        chain = torch.ones(tokens, tokens, dtype=torch.bool).tril().expand(batch_size, -1, -1)
+        ids = torch.randint(0, 1000, (batch_size, tokens))
+        positions = valid.sum(-1, keepdim=True) + torch.arange(tokens)
+        mask = ragged_tree_mask(valid, chain, model.dtype)
+
+        def forward():
+            crop_cache(cache, width)
+            target_forward(model, ids, cache, positions, mask)
+        return median_ms(forward)
+
+    n_holes = round(prefix * holes / (1 - holes))
+    return {
+        "batch_size": batch_size, "cycles": len(cycles), "hole_share": holes,
+        "move_paths_ms": statistics.median(gather_ms), "realign_rows_ms": median_ms(realign),
+        "realign_slots": prefix + 100, "prefix": prefix, "holes_at_prefix": n_holes,
+        "verify_ms_compact": verify_ms(prefix, 0), "verify_ms_with_holes": verify_ms(prefix + n_holes, n_holes),
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="hf-specdec bench-batch", description=__doc__.split("\n")[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -134,6 +212,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--check-float32", type=int, default=0, metavar="B",
                     help="also check float32 identity at this batch size (0: skip)")
+    ap.add_argument("--layout-costs", action="store_true",
+                    help="also measure the ragged layout (holes) against re-aligning the rows each cycle")
     ap.add_argument("--out", default="bench_results/batch.json")
     args = ap.parse_args(argv)
     bad = [B for B in args.batch_sizes if args.prompts % B]
@@ -157,6 +237,7 @@ def main(argv=None):
     head = default_draft(model, tokenizer)
     results = run(model, tokenizer, head, questions, args.batch_sizes, args.max_new_tokens, args.repeats)
     identity = float32_identity(questions, args.check_float32, min(args.max_new_tokens, 64)) if args.check_float32 else None
+    layout = layout_costs(model, tokenizer, head, questions, max_new_tokens=args.max_new_tokens) if args.layout_costs else None
 
     print(f"\n| B | stock tok/s | fspad tok/s | speedup (median of {args.repeats}) | tau per row | bf16 rows = stock |")
     print("|---|---|---|---|---|---|")
@@ -165,8 +246,16 @@ def main(argv=None):
               f"{r['tau_per_row']:.2f} | {r['bf16_rows_equal_stock']:.0%} |")
     if identity:
         print(f"\nfloat32, B={identity['batch_size']}: {identity['rows_equal']}/{identity['rows']} rows equal stock alone")
+    if layout:
+        print(f"\nragged layout, B={layout['batch_size']}, {layout['cycles']} cycles: holes are "
+              f"{layout['hole_share']:.0%} of the generated slots; moving the accepted paths "
+              f"{layout['move_paths_ms']:.2f} ms / cycle vs re-aligning every row ({layout['realign_slots']} slots) "
+              f"{layout['realign_rows_ms']:.2f} ms / cycle; a 4 x 8-token verification after {layout['prefix']} slots "
+              f"{layout['verify_ms_compact']:.2f} ms, with {layout['holes_at_prefix']} holes more "
+              f"{layout['verify_ms_with_holes']:.2f} ms")
     meta = {**vars(args), "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": results, "float32": identity}, indent=1))
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results, "float32": identity, "layout": layout},
+                                          indent=1))
     return 0
