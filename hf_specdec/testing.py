@@ -31,8 +31,8 @@ class OracleHead(FSPADDraftModel):
 
     def forward(self, input_ids=None, features=None, position_ids=None, **kwargs):
         cache = kwargs.get("cache")
-        if cache is None or cache.get_seq_length() == 0:  # a new generate call: every row is back
-            self.rows = torch.arange(len(self.reference))
+        if cache is None or cache.get_seq_length() == 0:  # a new call: its rows are the first references
+            self.rows = torch.arange(min(input_ids.shape[0], len(self.reference)))
         out = super().forward(input_ids=input_ids, features=features, position_ids=position_ids, **kwargs)
         self._last_positions = position_ids.expand(input_ids.shape)
         return out

@@ -169,7 +169,8 @@ def test_batch_max_length_counts_the_padding_as_stock_does():
 
 def test_batch_processors_see_each_rows_own_state():
     """A repetition penalty skips each row's own padding; prefix_allowed_tokens_fn gets the row's batch id;
-    min_new_tokens holds back EOS in every row."""
+    min_new_tokens holds back EOS in every row; the encoder repetition penalty and n-gram ban read each row's
+    own prompt."""
     target = tiny_target(seed=3)
     torch.manual_seed(0)
     head = FSPADDraftModel.from_target(target)
@@ -179,11 +180,14 @@ def test_batch_processors_see_each_rows_own_state():
     def allowed(batch_id, sent):
         return list(range(batch_id * 30, batch_id * 30 + 60))
 
-    options = dict(max_new_tokens=16, repetition_penalty=1.7, prefix_allowed_tokens_fn=allowed, min_new_tokens=5,
-                   eos_token_id=[40, 70])
-    out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", **options, **FIXED)
-    stock = target.generate(ids, attention_mask=mask, do_sample=False, **options)
-    assert torch.equal(out, stock)
+    for options in [
+        dict(max_new_tokens=16, repetition_penalty=1.7, prefix_allowed_tokens_fn=allowed, min_new_tokens=5,
+             eos_token_id=[40, 70]),
+        dict(max_new_tokens=16, encoder_repetition_penalty=0.5, encoder_no_repeat_ngram_size=1),  # read each prompt
+    ]:
+        out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", **options, **FIXED)
+        stock = target.generate(ids, attention_mask=mask, do_sample=False, **options)
+        assert torch.equal(out, stock), options
 
 
 def test_a_row_can_finish_with_its_first_token():

@@ -230,3 +230,49 @@ def test_random_generate_options(setup, strategy):
     assert outcomes.count("refused") < len(outcomes)
     if strategy == "fspad":
         assert outcomes.count("identical") >= len(outcomes) // 4, outcomes
+
+
+def check_batch_case(setup, seed: int):
+    """fspad on a left-padded batch of 2-3 prompts with random options: each row at greedy is exactly what
+    stock greedy gives that padded row alone (then padding), or the call is refused naming an option."""
+    target, tokenizer, plain_head = setup
+    rng = random.Random(10_000 + seed)
+    rows = [random_prompt(rng, len(tokenizer))[0] for _ in range(rng.choice([2, 3]))]
+    width = max(len(r) for r in rows)
+    prompt = torch.stack([torch.cat([torch.full((width - len(r),), PAD), r]) for r in rows])
+    mask = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), torch.ones(len(r), dtype=torch.long)])
+                        for r in rows])
+    references = [target.generate(r[None], max_new_tokens=24, do_sample=False)[0] for r in rows]
+    continuation = (references[0][len(rows[0]):].tolist() + rows[0].tolist() * 12)[:24]
+    options = sample_options(rng, "fspad", width, continuation, tokenizer)
+    if rng.random() < 0.8:
+        options["assistant_model"] = oracle_head(target, references, accuracy=rng.choice([0.5, 0.9, 1.0]), seed=seed)
+    else:
+        options["assistant_model"] = plain_head
+    stock_options = {k: v for k, v in options.items() if k not in OURS | {"assistant_model", "streamer"}}
+    torch.manual_seed(seed)
+    try:
+        out = call(target, prompt, mask, options, strategy="fspad")
+    except Exception as error:
+        if isinstance(error, ALLOWED_ERRORS) and names_an_option(str(error), options):
+            return "refused"
+        torch.manual_seed(seed)
+        with pytest.raises(type(error)) as stock_error:
+            call(target, prompt, mask, stock_options)
+        assert str(stock_error.value) == str(error), f"{type(error).__name__}: {error}\n{options}"
+        return "stock's error"
+    got = sequences(out)
+    assert got.shape[0] == len(rows) and torch.equal(got[:, :width], prompt)
+    if options.get("do_sample"):
+        return "answered"
+    pad = target.generation_config.pad_token_id
+    for b in range(len(rows)):
+        alone = sequences(call(target, prompt[b : b + 1], mask[b : b + 1], stock_options))[0]
+        assert torch.equal(got[b, : len(alone)], alone), f"row {b}: {options}"
+        assert bool((got[b, len(alone):] == pad).all()), f"row {b} is not padded after its end: {options}"
+    return "identical"
+
+
+def test_random_generate_options_on_batches(setup):
+    outcomes = [check_batch_case(setup, seed) for seed in range(CASES)]
+    assert outcomes.count("identical") >= len(outcomes) // 4, outcomes

@@ -7,7 +7,14 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, PrefixConstrainedLogitsProcessor, StoppingCriteriaList
+from transformers import (
+    EncoderNoRepeatNGramLogitsProcessor,
+    EncoderRepetitionPenaltyLogitsProcessor,
+    GenerationConfig,
+    LogitsProcessorList,
+    PrefixConstrainedLogitsProcessor,
+    StoppingCriteriaList,
+)
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ..compat import cache_kwargs
@@ -197,8 +204,9 @@ def left_padding_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | No
 
 def processors_for_row(processors: LogitsProcessorList, row: int) -> LogitsProcessorList:
     """The request's processors as they act on row `row` of the batch when it is processed alone (as row 0 of
-    a one-row batch): prefix_allowed_tokens_fn still gets batch id `row`, a repetition penalty still skips this
-    row's own padding. The others hold no per-row state and are shared."""
+    a one-row batch): prefix_allowed_tokens_fn still gets batch id `row`; a repetition penalty still skips
+    this row's own padding; the encoder repetition penalty and encoder n-gram ban read this row's prompt. The
+    others hold no per-row state and are shared."""
     out = LogitsProcessorList()
     for processor in processors:
         if isinstance(processor, PrefixConstrainedLogitsProcessor):
@@ -206,9 +214,14 @@ def processors_for_row(processors: LogitsProcessorList, row: int) -> LogitsProce
             processor = copy.copy(processor)
             processor._prefix_allowed_tokens_fn = lambda batch_id, sent, fn=fn: fn(row, sent)
         elif isinstance(getattr(processor, "prompt_ignore_length", None), torch.Tensor):
-            ignore = processor.prompt_ignore_length[row : row + 1]
             processor = copy.copy(processor)
-            processor.prompt_ignore_length = ignore
+            processor.prompt_ignore_length = processor.prompt_ignore_length[row : row + 1]
+        elif isinstance(processor, EncoderRepetitionPenaltyLogitsProcessor):
+            processor = copy.copy(processor)
+            processor.encoder_input_ids = processor.encoder_input_ids[row : row + 1]
+        elif isinstance(processor, EncoderNoRepeatNGramLogitsProcessor):
+            processor = copy.copy(processor)
+            processor.generated_ngrams, processor.batch_size = [processor.generated_ngrams[row]], 1
         out.append(processor)
     return out
 
