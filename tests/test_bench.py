@@ -193,3 +193,30 @@ def test_rrsw_acceptance_estimate_matches_enumeration():
     estimate = rrsw_acceptance(p[None], q[None], 2, draws=40_000, generator=gen)
     assert float(estimate) == pytest.approx(exact, abs=0.01)
     assert exact > float(torch.minimum(p, q).sum())  # two drafts beat one
+
+
+def test_bench_batch_runs_every_batch_size_and_counts_real_tokens(tiny_setup):
+    """bench-batch's measuring loop on the tiny float32 target: every row equals stock's batched row, tokens
+    are counted to each row's EOS, and the prompts are left-padded chat turns."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_specdec.bench import batch
+
+    root, questions = tiny_setup
+    target = AutoModelForCausalLM.from_pretrained(root / "target").eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / "target")
+    head = FSPADDraftModel.from_pretrained(root / "fspad")
+    rows = [{"turns": [t]} for t in ["Who wrote Hamlet?", "Write a line.", "Hi", "Name a prime number, please."]]
+    tokenizer.padding_side = "right"
+    padded = batch.chat_batches(tokenizer, rows, 4)[0]
+    assert padded["attention_mask"][:, -1].all() and not padded["attention_mask"][:, 0].all()  # left padding
+    assert tokenizer.padding_side == "right"  # the tokenizer's own setting is restored
+    results = batch.run(target, tokenizer, head, rows, [1, 2, 4], max_new_tokens=10, repeats=1)
+    assert set(results) == {1, 2, 4}
+    for B, r in results.items():
+        assert r["bf16_rows_equal_stock"] == 1.0  # float32 here: every row is stock's
+        assert r["new_tokens"]["stock"] == r["new_tokens"]["fspad"] <= 4 * 10
+        assert r["batches"] == 4 // B and r["speedup"] > 0
+    eos = 7
+    assert batch.real_new_tokens(torch.tensor([[1, 2, 3, eos, 0, 0], [1, 4, 5, 6, 8, 9]]), 2, {eos}, 0) == [
+        [3, eos], [5, 6, 8, 9]]
