@@ -1,5 +1,7 @@
 """The generate hook: strategy= dispatch, GenerationConfig entries, the custom_generate paths, errors."""
 
+import copy
+
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -74,12 +76,12 @@ def test_missing_or_wrong_draft(llama):
 
 
 def test_batch_larger_than_one(llama, llama_head):
-    """fspad takes batches (tests/test_batch.py); spechub says it takes one row."""
+    """fspad takes batches (tests/test_batch.py); spechub with a draft LM says it takes one row."""
     ids = IDS.repeat(2, 1)
     out = llama.generate(ids, strategy="fspad", assistant_model=llama_head, max_new_tokens=3)
     assert torch.equal(out, llama.generate(ids, max_new_tokens=3, do_sample=False))
     with pytest.raises(NotImplementedError, match="batch size 1"):
-        llama.generate(ids, strategy="spechub", assistant_model=llama_head, do_sample=True, max_new_tokens=3)
+        llama.generate(ids, strategy="spechub", assistant_model=copy.deepcopy(llama), do_sample=True, max_new_tokens=3)
 
 
 def test_non_croppable_cache(llama, llama_head):

@@ -56,10 +56,12 @@ class HeadDrafter:
         out = self.head(input_ids=tokens, features=features, position_ids=positions, attention_mask=mask,
                         cache=self.cache)
         self.stats.draft_forwards += 1
-        last = torch.full(tokens.shape[:1], P - 1, device=tokens.device) if real is None else last_real(real)
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
-        logits = self.head.compute_logits(out.hidden_states[rows, last]).float()
-        return logits.log_softmax(-1), out.features[rows, last]
+        if real is None:
+            hidden, features = out.hidden_states[:, -1], out.features[:, -1]
+        else:  # each row's last real pair
+            rows, last = torch.arange(tokens.shape[0], device=tokens.device), last_real(real)
+            hidden, features = out.hidden_states[rows, last], out.features[rows, last]
+        return self.head.compute_logits(hidden).float().log_softmax(-1), features
 
     def expand(self, cached: "int | Slots"):
         """The `expand` callback for a tree whose root sits at head position cached - 1 (for a batch: each
