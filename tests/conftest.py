@@ -89,3 +89,18 @@ def chi_square_pvalue(counts, probs, draws):
     exp = [expected[i] for i in big] + ([small_e] if small_e > 0 else [])
     scale = sum(obs) / sum(exp)  # float rounding of the exact probabilities
     return chisquare(obs, [e * scale for e in exp]).pvalue
+
+
+def greedy_leaning_verifier(tree, probs, generator=None):
+    """A lossy stand-in for verify_sampling (for power checks): it accepts the first child the target gives
+    any mass, instead of accepting with probability p."""
+    from hf_specdec.verification import Verdict
+
+    path, node = [0], 0
+    while True:
+        children = (tree.parents[0] == node).nonzero().flatten()
+        ok = [int(c) for c in children if probs[0, node, tree.tokens[0, c]] > 0]
+        if not ok:
+            return Verdict(torch.tensor([path]), torch.multinomial(probs[0, node], 1))
+        node = ok[0]
+        path.append(node)

@@ -10,9 +10,15 @@ import hf_specdec.strategies.fspad as fspad_module
 from hf_specdec import FSPADDraftModel
 from hf_specdec.tree.ragged import Slots, chain_ancestors, gather_paths, ragged_tree_mask, stack_trees
 from hf_specdec.tree import DraftTree
-from hf_specdec.verification import Verdict
 
-from conftest import CHEAP_CURVE, chi_square_pvalue, exact_sequence_probs, oracle_head, tiny_target
+from conftest import (
+    CHEAP_CURVE,
+    chi_square_pvalue,
+    exact_sequence_probs,
+    greedy_leaning_verifier,
+    oracle_head,
+    tiny_target,
+)
 
 FIXED = dict(tree_top_k=3, tree_depth=4, tree_total_tokens=12)
 
@@ -45,6 +51,21 @@ def assert_rows_equal_alone(out, rows, refs, pad):
         got = out[b, L - len(row):]
         assert torch.equal(got[: len(ref)], ref), f"row {b}"
         assert bool((got[len(ref):] == pad).all()), f"row {b} is not padded after its end"
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """A tiny Llama target and an untrained head."""
+    target = tiny_target(seed=3)
+    torch.manual_seed(0)
+    return target, FSPADDraftModel.from_target(target)
+
+
+def assert_batch_equals_stock(target, head, ids, mask, **options):
+    out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", **options, **FIXED)
+    stock = target.generate(ids, attention_mask=mask, do_sample=False, **options)
+    assert torch.equal(out, stock), options
+    return out
 
 
 # ---- the pieces ------------------------------------------------------------------------------------------------
@@ -155,27 +176,16 @@ def test_rows_that_stop_early_are_padded_and_leave_the_batch():
         assert out.spec_stats.rows[b].target_forwards < out.spec_stats.target_forwards
 
 
-def test_batch_max_length_counts_the_padding_as_stock_does():
-    target = tiny_target(seed=3)
-    torch.manual_seed(0)
-    head = FSPADDraftModel.from_target(target)
-    rows = random_rows([2, 7, 4], seed=5)
-    ids, mask = left_pad(rows)
-    out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", max_length=19, **FIXED)
-    stock = target.generate(ids, attention_mask=mask, max_length=19, do_sample=False)
-    assert out.shape[1] == 19
-    assert torch.equal(out, stock)
+def test_batch_max_length_counts_the_padding_as_stock_does(plain):
+    ids, mask = left_pad(random_rows([2, 7, 4], seed=5))
+    assert assert_batch_equals_stock(*plain, ids, mask, max_length=19).shape[1] == 19
 
 
-def test_batch_processors_see_each_rows_own_state():
+def test_batch_processors_see_each_rows_own_state(plain):
     """A repetition penalty skips each row's own padding; prefix_allowed_tokens_fn gets the row's batch id;
     min_new_tokens holds back EOS in every row; the encoder repetition penalty and n-gram ban read each row's
     own prompt."""
-    target = tiny_target(seed=3)
-    torch.manual_seed(0)
-    head = FSPADDraftModel.from_target(target)
-    rows = random_rows([2, 7, 4], seed=6)
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(random_rows([2, 7, 4], seed=6))
 
     def allowed(batch_id, sent):
         return list(range(batch_id * 30, batch_id * 30 + 60))
@@ -185,25 +195,16 @@ def test_batch_processors_see_each_rows_own_state():
              eos_token_id=[40, 70]),
         dict(max_new_tokens=16, encoder_repetition_penalty=0.5, encoder_no_repeat_ngram_size=1),  # read each prompt
     ]:
-        out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", **options, **FIXED)
-        stock = target.generate(ids, attention_mask=mask, do_sample=False, **options)
-        assert torch.equal(out, stock), options
+        assert_batch_equals_stock(*plain, ids, mask, **options)
 
 
-def test_a_row_can_finish_with_its_first_token():
-    target = tiny_target(seed=3)
-    torch.manual_seed(0)
-    head = FSPADDraftModel.from_target(target)
+def test_a_row_can_finish_with_its_first_token(plain):
+    target, head = plain
     rows = random_rows([5, 3, 6], seed=8)
     ids, mask = left_pad(rows)
-    first = alone(target, rows[1], max_new_tokens=1)[-1]
-    out = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", max_new_tokens=12,
-                          eos_token_id=int(first), pad_token_id=0, **FIXED)
-    stock = target.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=int(first), pad_token_id=0,
-                            do_sample=False)
-    assert torch.equal(out, stock)
-    one = target.generate(ids, attention_mask=mask, assistant_model=head, strategy="fspad", max_new_tokens=1, **FIXED)
-    assert torch.equal(one, target.generate(ids, attention_mask=mask, max_new_tokens=1, do_sample=False))
+    first = int(alone(target, rows[1], max_new_tokens=1)[-1])
+    assert_batch_equals_stock(target, head, ids, mask, max_new_tokens=12, eos_token_id=first, pad_token_id=0)
+    assert_batch_equals_stock(target, head, ids, mask, max_new_tokens=1)
 
 
 def test_batch_stopping_criterion_per_row():
@@ -270,17 +271,7 @@ def test_batch_sampling_distribution_of_every_row(tiny_sampler, gen_kwargs):
 def test_batch_chi_square_detects_a_lossy_verifier(tiny_sampler, monkeypatch):
     target, rows = tiny_sampler
 
-    def greedy_leaning(tree, probs, generator=None):
-        path, node = [0], 0
-        while True:
-            children = (tree.parents[0] == node).nonzero().flatten()
-            ok = [int(c) for c in children if probs[0, node, tree.tokens[0, c]] > 0]
-            if not ok:
-                return Verdict(torch.tensor([path]), torch.multinomial(probs[0, node], 1))
-            node = ok[0]
-            path.append(node)
-
-    monkeypatch.setattr(fspad_module, "verify_sampling", greedy_leaning)
+    monkeypatch.setattr(fspad_module, "verify_sampling", greedy_leaning_verifier)
     head = oracle_head(target, [alone(target, r, max_new_tokens=10) for r in rows])
     draws = 1200
     counts = batch_histograms(target, head, rows, draws, {"temperature": 1.0})
@@ -351,12 +342,8 @@ def test_batch_spechub_distribution_of_every_row(tiny_sampler, verifier, width):
 # ---- errors ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def batch_setup():
-    target = tiny_target(seed=3)
-    torch.manual_seed(0)
-    head = FSPADDraftModel.from_target(target)
-    ids, mask = left_pad(random_rows([3, 5], seed=9))
-    return target, head, ids, mask
+def batch_setup(plain):
+    return (*plain, *left_pad(random_rows([3, 5], seed=9)))
 
 
 def test_batch_refuses_a_streamer(batch_setup):

@@ -6,9 +6,8 @@ import torch
 
 import hf_specdec.strategies.fspad as fspad_module
 from hf_specdec import FSPADDraftModel
-from hf_specdec.verification import Verdict
 
-from conftest import chi_square_pvalue, exact_sequence_probs, oracle_head, tiny_target
+from conftest import chi_square_pvalue, exact_sequence_probs, greedy_leaning_verifier, oracle_head, tiny_target
 
 VOCAB, NEW = 6, 3  # the prefill's token, then a depth-1 and a depth-2 decision of one cycle
 
@@ -53,17 +52,7 @@ def test_chi_square_detects_a_lossy_verifier(tiny, monkeypatch):
     """Power check: a verifier that accepts the first child whenever p(child) > 0 must be caught."""
     target, ids = tiny
 
-    def greedy_leaning(tree, probs, generator=None):
-        path, node = [0], 0
-        while True:
-            children = (tree.parents[0] == node).nonzero().flatten()
-            ok = [int(c) for c in children if probs[0, node, tree.tokens[0, c]] > 0]
-            if not ok:
-                return Verdict(torch.tensor([path]), torch.multinomial(probs[0, node], 1))
-            node = ok[0]
-            path.append(node)
-
-    monkeypatch.setattr(fspad_module, "verify_sampling", greedy_leaning)
+    monkeypatch.setattr(fspad_module, "verify_sampling", greedy_leaning_verifier)
     head = oracle_head(target, target.generate(ids, max_new_tokens=10, do_sample=False))
     gen_kwargs = {"temperature": 1.0}
     draws = 1500

@@ -165,6 +165,22 @@ def sequences(out):
     return out if isinstance(out, torch.Tensor) else out.sequences
 
 
+def call_or_refusal(target, prompt, mask, options, stock_options, strategy, seed):
+    """The strategy's answer, or "refused" (an allowed error naming an option), or "stock's error" (stock gives
+    the very same error for these options: it validates them, or fails the same way)."""
+    torch.manual_seed(seed)
+    try:
+        return call(target, prompt, mask, options, strategy=strategy)
+    except Exception as error:
+        if isinstance(error, ALLOWED_ERRORS) and names_an_option(str(error), options):
+            return "refused"
+        torch.manual_seed(seed)
+        with pytest.raises(type(error)) as stock_error:
+            call(target, prompt, mask, stock_options)
+        assert str(stock_error.value) == str(error), f"{type(error).__name__}: {error}\n{options}"
+        return "stock's error"
+
+
 def check_case(setup, strategy: str, seed: int):
     target, tokenizer, plain_head = setup
     rng = random.Random(seed)
@@ -187,18 +203,9 @@ def check_case(setup, strategy: str, seed: int):
     # superposed's num_return_sequences is its k; stock would refuse it at greedy before anything else
     not_stock = OURS | {"assistant_model", "streamer"} | ({"num_return_sequences"} if strategy == "superposed" else set())
     stock_options = {k: v for k, v in options.items() if k not in not_stock}
-    torch.manual_seed(seed)
-    try:
-        out = call(target, prompt, mask, options, strategy=strategy)
-    except Exception as error:
-        if isinstance(error, ALLOWED_ERRORS) and names_an_option(str(error), options):
-            return "refused"
-        # otherwise it must be stock's own answer to these options (stock validates them, or fails the same way)
-        torch.manual_seed(seed)
-        with pytest.raises(type(error)) as stock_error:
-            call(target, prompt, mask, stock_options)
-        assert str(stock_error.value) == str(error), f"{type(error).__name__}: {error}\n{options}"
-        return "stock's error"
+    out = call_or_refusal(target, prompt, mask, options, stock_options, strategy, seed)
+    if isinstance(out, str):
+        return out
     new = sequences(out)[:, prompt.shape[1]:]
     limit = options.get("max_new_tokens", options.get("max_length", 0) - prompt.shape[1])
     assert torch.equal(sequences(out)[:, : prompt.shape[1]], prompt.expand(sequences(out).shape[0], -1))
@@ -250,17 +257,9 @@ def check_batch_case(setup, seed: int):
     else:
         options["assistant_model"] = plain_head
     stock_options = {k: v for k, v in options.items() if k not in OURS | {"assistant_model", "streamer"}}
-    torch.manual_seed(seed)
-    try:
-        out = call(target, prompt, mask, options, strategy="fspad")
-    except Exception as error:
-        if isinstance(error, ALLOWED_ERRORS) and names_an_option(str(error), options):
-            return "refused"
-        torch.manual_seed(seed)
-        with pytest.raises(type(error)) as stock_error:
-            call(target, prompt, mask, stock_options)
-        assert str(stock_error.value) == str(error), f"{type(error).__name__}: {error}\n{options}"
-        return "stock's error"
+    out = call_or_refusal(target, prompt, mask, options, stock_options, "fspad", seed)
+    if isinstance(out, str):
+        return out
     got = sequences(out)
     assert got.shape[0] == len(rows) and torch.equal(got[:, :width], prompt)
     if options.get("do_sample"):

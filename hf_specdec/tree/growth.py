@@ -106,30 +106,6 @@ def grow_tree(
 DrawFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def grow_sampled_tree(
-    expand: ExpandFn,
-    draft_probs: Callable[[torch.Tensor], torch.Tensor],
-    draw: DrawFn,
-    root_token: torch.Tensor,
-    root_log_probs: torch.Tensor,
-    root_features: torch.Tensor | None,
-    width: int,
-    depth: int,
-    total_tokens: int,
-    distinct: bool,
-) -> SampledDraftTree:
-    """Grow a tree of sampled children, level by level, for one sequence (batch size 1): `sampled_growth`
-    with its head steps run by `expand`."""
-    growth = sampled_growth(draft_probs, draw, root_token, root_log_probs, root_features, width, depth,
-                            total_tokens, distinct)
-    try:
-        request = next(growth)
-        while True:
-            request = growth.send(expand(*request))
-    except StopIteration as done:
-        return done.value
-
-
 def grow_sampled_trees(
     expand: ExpandFn,
     draft_probs: Callable[[torch.Tensor], torch.Tensor],
@@ -190,6 +166,11 @@ def grow_sampled_trees(
             k = row_tokens.shape[1]
             advance(b, (log_probs[b : b + 1, :k], None if out_features is None else out_features[b : b + 1, :k]))
     return trees
+
+
+def grow_sampled_tree(expand: ExpandFn, *args, **kwargs) -> SampledDraftTree:
+    """`grow_sampled_trees` for one sequence (root_token [1]): the same arguments, one tree."""
+    return grow_sampled_trees(expand, *args, **kwargs)[0]
 
 
 def sampled_growth(
