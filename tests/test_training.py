@@ -182,6 +182,51 @@ def test_resume_after_a_kill_gives_the_same_head(tiny_features, tmp_path, monkey
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_training_on_the_fly_matches_stored_features_and_resumes(tiny_features, tmp_path, monkeypatch):
+    """--samples: the target computes each batch's features; the run sees the same batches and features as one
+    on stored features (bf16, so they agree to rounding), unrolled training included, and resumes exactly."""
+    target, features = tiny_features
+    samples_path = tmp_path / "samples.jsonl"
+    samples_path.write_text("".join(json.dumps(s) + "\n" for s in random_samples(40)))
+
+    def on_the_fly(out, **overrides):
+        args = _args(out, features, max_steps=8, save_every=3, unroll=2, **overrides)
+        args.features, args.samples, args.feature_dtype = None, [str(samples_path)], "float32"
+        return args
+
+    stored = train_mod.train(_args(tmp_path / "stored", features, max_steps=8, save_every=0, unroll=2), target=target)
+    fly = train_mod.train(on_the_fly(tmp_path / "fly"), target=target)
+    losses = [[json.loads(line).get("loss") for line in open(tmp_path / run / "run" / "metrics.jsonl")][:8]
+              for run in ("stored", "fly")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    a, b = (FSPADDraftModel.from_pretrained(d).state_dict() for d in (stored, fly))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(accelerator, out_dir, state, keep=2):
+        real_save(accelerator, out_dir, state, keep)
+        if state["step"] == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(on_the_fly(tmp_path / "cut"), target=target)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = train_mod.train(on_the_fly(tmp_path / "cut"), target=target)
+    c = FSPADDraftModel.from_pretrained(resumed).state_dict()
+    for k in b:
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=0, msg=k)
+
+
+def test_train_takes_features_or_samples_not_both(tmp_path):
+    with pytest.raises(SystemExit):
+        train_mod.build_parser().parse_args(["--features", "f", "--samples", "s.jsonl", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        train_mod.build_parser().parse_args(["--out", str(tmp_path)])
+
+
 def test_head_for_a_peft_adapted_target(tmp_path):
     from peft import LoraConfig, get_peft_model
 

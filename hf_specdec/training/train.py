@@ -1,7 +1,14 @@
-"""Train an FSPAD (or EAGLE-2 baseline) draft head on stored target features. One file, top to bottom.
+"""Train an FSPAD (or EAGLE-2 baseline) draft head on target features, stored or computed on the fly. One
+file, top to bottom.
 
     hf-specdec train --features runs/smollm2/features --variant fspad  --out runs/smollm2/fspad
     hf-specdec train --features runs/smollm2/features --variant eagle2 --out runs/smollm2/eagle2
+    hf-specdec train --samples runs/v3/*.jsonl --max-length 2048 --unroll 3 --out $OUT/fspad   (features on the fly)
+
+With `--samples` (what `hf-specdec distill` writes) the target computes each batch's features itself, as
+`hf-specdec features` would store them (same function, same dtype): no feature folder, so a short run on a
+GPU machine needs only the samples and writes only checkpoints and the head. Samples are ordered by id in
+both modes, so the batches of a run are the same whichever way its features come.
 
 The same command resumes after a kill (from the newest checkpoint in --out/checkpoints). `accelerate launch`
 runs it on one or several GPUs; plain `hf-specdec train` runs it on this CPU.
@@ -55,33 +62,76 @@ def make_batches(samples: list[dict], batch_tokens: int, seed: int) -> list[list
 
 
 def collate(samples: list[dict]) -> dict:
-    """Right-padded tensors: input_ids [B, T], features [B, T, H], loss_mask [B, T] (False on padding)."""
+    """Right-padded tensors: input_ids [B, T], attention_mask [B, T], loss_mask [B, T] (False on padding), and
+    features [B, T, H] when the samples carry them (else `OnTheFlyFeatures` adds them)."""
     width = max(len(s["input_ids"]) for s in samples)
-    H = samples[0]["features"].shape[-1]
+    stored = "features" in samples[0]
     batch = {
         "input_ids": torch.zeros(len(samples), width, dtype=torch.long),
-        "features": torch.zeros(len(samples), width, H, dtype=samples[0]["features"].dtype),
+        "attention_mask": torch.zeros(len(samples), width, dtype=torch.long),
         "loss_mask": torch.zeros(len(samples), width, dtype=torch.bool),
     }
+    if stored:
+        H = samples[0]["features"].shape[-1]
+        batch["features"] = torch.zeros(len(samples), width, H, dtype=samples[0]["features"].dtype)
     for row, s in enumerate(samples):
         n = len(s["input_ids"])
         batch["input_ids"][row, :n] = s["input_ids"]
-        batch["features"][row, :n] = s["features"]
+        batch["attention_mask"][row, :n] = 1
         batch["loss_mask"][row, :n] = s["loss_mask"]
+        if stored:
+            batch["features"][row, :n] = s["features"]
     return batch
+
+
+def token_samples(paths, max_length: int) -> list[dict]:
+    """Distilled samples ({id, input_ids, loss_mask} JSONL) as tensors, cut to `max_length` tokens, without
+    those left with no response token: what `hf-specdec features` would store, minus the features."""
+    from .data import read_samples
+
+    samples = []
+    for path in paths:
+        for row in read_samples(path):
+            ids, mask = row["input_ids"][:max_length], row["loss_mask"][:max_length]
+            if any(mask):
+                samples.append({"id": str(row["id"]), "input_ids": torch.tensor(ids, dtype=torch.long),
+                                "loss_mask": torch.tensor(mask, dtype=torch.bool)})
+    return samples
+
+
+class OnTheFlyFeatures:
+    """Adds the target's features to a batch, as `hf-specdec features` stores them (`last_hidden_states` of the
+    target in `dtype`, kept in bf16)."""
+
+    def __init__(self, target, dtype: torch.dtype):
+        import copy
+
+        self.model = target if target.dtype == dtype else copy.deepcopy(target).to(dtype)
+
+    def __call__(self, batch: dict) -> dict:
+        from .features import last_hidden_states
+
+        model = self.model.to(batch["input_ids"].device)
+        with torch.no_grad():
+            hidden = last_hidden_states(model, batch["input_ids"], batch["attention_mask"])
+        return {**batch, "features": hidden.to(torch.bfloat16)}
 
 
 # ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1) -> dict:
+def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1, featurize=None) -> dict:
     """Losses and top-1 / top-k accuracy of the head's token against the target's argmax on held-back samples
     (step 1: fed the target's features); with steps > 1 also `top1_step{j}`, the accuracy of the head's step-j
-    prediction fed its own features (multistep.py), which multi-step training should raise."""
+    prediction fed its own features (multistep.py), which multi-step training should raise. `featurize`: adds
+    the features to samples that carry none (`OnTheFlyFeatures`)."""
     head.eval()
     totals = {"loss": 0.0, "vloss": 0.0, "ploss": 0.0, "top1": 0.0, f"top{top_k}": 0.0, "tokens": 0}
     per_step = {j: [0.0, 0] for j in range(2, steps + 1)}
     for idx in make_batches(samples, batch_tokens, seed=0):
-        results = unrolled_outputs(head, collate([samples[i] for i in idx]), None, steps)
+        batch = collate([samples[i] for i in idx])
+        if featurize is not None:
+            batch = featurize({k: v.to(head.device) for k, v in batch.items()})
+        results = unrolled_outputs(head, batch, None, steps)
         regress, logits, f_next, target_logits = results[0]
         n = logits.shape[0]
         if n == 0:
@@ -156,10 +206,14 @@ def train(args, target=None, tokenizer=None) -> Path:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
-    manifest = read_manifest(args.features)
+    manifest = read_manifest(args.features) if args.features else {"adapter": None}
     if target is None:
         target, tokenizer = load_target(args.model, DTYPES["float32"], manifest.get("adapter"))
-    samples = load_samples(args.features)
+    if args.features:
+        samples, featurize = load_samples(args.features), None
+    else:
+        samples, featurize = token_samples(args.samples, args.max_length), OnTheFlyFeatures(target, DTYPES[args.feature_dtype])
+    samples.sort(key=lambda s: s["id"])  # one order for stored and computed features
     val = [s for s in samples if is_validation(s["id"], args.val_fraction)]
     train_samples = [s for s in samples if not is_validation(s["id"], args.val_fraction)]
     if not train_samples:
@@ -174,7 +228,8 @@ def train(args, target=None, tokenizer=None) -> Path:
         head.draft_to_target.copy_(draft_vocabulary(train_samples, args.draft_vocab, head.config.vocab_size))
         head.attach_target(target, tokenizer)  # re-slice the lm_head rows for the chosen vocabulary
     head = head.float().train()
-    check_features_match(manifest, head, args.features)
+    if args.features:  # (features computed on the fly come from this very target)
+        check_features_match(manifest, head, args.features)
 
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed)) // accelerator.num_processes
@@ -214,6 +269,8 @@ def train(args, target=None, tokenizer=None) -> Path:
             if state["step"] >= total_steps:
                 break
             batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in batches[b]]).items()}
+            if featurize is not None:
+                batch = featurize(batch)
             noise = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1_000_003 + state["step"])
             with accelerator.autocast():
                 results = unrolled_outputs(raw_head, batch, noise, args.unroll, wrapped=head)
@@ -237,11 +294,11 @@ def train(args, target=None, tokenizer=None) -> Path:
             if args.save_every and state["step"] % args.save_every == 0:
                 save_checkpoint(accelerator, out_dir, state)
             if args.eval_every and state["step"] % args.eval_every == 0 and val:
-                log({"step": state["step"], "val": evaluate(raw_head, val, args.batch_tokens, steps=args.unroll)})
+                log({"step": state["step"], "val": evaluate(raw_head, val, args.batch_tokens, steps=args.unroll, featurize=featurize)})
         else:  # epoch finished
             state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
             if val:
-                result = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll)
+                result = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll, featurize=featurize)
                 log({"step": state["step"], "epoch": state["epoch"], "val": result})
                 accelerator.print(f"epoch {state['epoch']}: val top1 {result['top1']:.3f} top3 {result['top3']:.3f}")
     bar.close()
@@ -249,7 +306,7 @@ def train(args, target=None, tokenizer=None) -> Path:
         save_checkpoint(accelerator, out_dir, state)
     final = {"step": state["step"], "final": True}
     if val:
-        final["val"] = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll)
+        final["val"] = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll, featurize=featurize)
         if args.draft_vocab:
             in_vocab = torch.zeros(raw_head.config.vocab_size, dtype=torch.bool)
             in_vocab[raw_head.draft_to_target.cpu()] = True
@@ -263,8 +320,13 @@ def train(args, target=None, tokenizer=None) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hf-specdec train", description="Train an FSPAD / EAGLE-2 draft head on stored features.")
-    p.add_argument("--features", required=True, help="folder written by `hf-specdec features`")
+    p = argparse.ArgumentParser(prog="hf-specdec train", description="Train an FSPAD / EAGLE-2 draft head on target features.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help="folder written by `hf-specdec features`")
+    source.add_argument("--samples", nargs="+", help="JSONL(s) written by `hf-specdec distill`: features on the fly")
+    p.add_argument("--max-length", type=int, default=2048, help="with --samples: cut samples to this many tokens")
+    p.add_argument("--feature-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="with --samples: the target's dtype for features (as `hf-specdec features --dtype`)")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, head/ (the trained head)")
     p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--variant", default="fspad", choices=["fspad", "eagle2", "fs-only", "pad-only"])
