@@ -37,4 +37,6 @@ hf-specdec distill --prompts "$POOL" --sources t0-train --min-prompt-tokens 385 
 hf-specdec features --samples "$RUN"/translation_answers.jsonl "$RUN"/back_translation_answers.jsonl \
     "$RUN"/responses.jsonl "$RUN"/second_turn_answers.jsonl "$RUN"/long_context.jsonl \
     --max-length 2048 --out "$RUN/features"
-# Then: hf-specdec train --features "$RUN/features" --unroll 3 ... (FSPAD, EAGLE-2, and --unroll 1 as the ablation)
+# Then: hf-specdec train --features "$RUN/features" --unroll 3 ... (FSPAD, EAGLE-2, and --unroll 1 as the ablation);
+# on a GPU machine without the feature folder: hf-specdec train --samples "$RUN"/*answers.jsonl "$RUN"/responses.jsonl
+#     "$RUN"/long_context.jsonl --max-length 2048 --unroll 3 --save-every 50 --out "$OUT/fspad" (features on the fly)
