@@ -220,6 +220,19 @@ def test_training_on_the_fly_matches_stored_features_and_resumes(tiny_features, 
         torch.testing.assert_close(b[k], c[k], rtol=0, atol=0, msg=k)
 
 
+def test_training_can_continue_from_a_trained_head(tiny_features, tmp_path):
+    target, features = tiny_features
+    first = train_mod.train(_args(tmp_path / "a", features, draft_vocab=32, max_steps=20, save_every=0), target=target)
+    samples = load_samples(features)
+    start = train_mod.evaluate(FSPADDraftModel.from_pretrained(first).attach_target(target).float(), samples, 256)
+    second = train_mod.train(_args(tmp_path / "b", features, init=str(first), max_steps=20, save_every=0), target=target)
+    head = FSPADDraftModel.from_pretrained(second).attach_target(target)
+    assert torch.equal(head.draft_to_target, FSPADDraftModel.from_pretrained(first).draft_to_target)
+    assert train_mod.evaluate(head.float(), samples, 256)["loss"] < start["loss"]  # it went on from there
+    with pytest.raises(ValueError, match="draft vocabulary"):
+        train_mod.train(_args(tmp_path / "c", features, init=str(first), draft_vocab=16, max_steps=1), target=target)
+
+
 def test_train_takes_features_or_samples_not_both(tmp_path):
     with pytest.raises(SystemExit):
         train_mod.build_parser().parse_args(["--features", "f", "--samples", "s.jsonl", "--out", str(tmp_path)])

@@ -220,11 +220,17 @@ def train(args, target=None, tokenizer=None) -> Path:
         raise ValueError(f"{args.features} holds no training samples (all {len(samples)} fell in validation).")
 
     set_seed(args.seed)  # the head's initial weights
-    overrides = {}
-    if args.draft_vocab:
-        overrides["draft_vocab_size"] = args.draft_vocab
-    head = FSPADDraftModel.from_target(target, tokenizer, variant=args.variant, target_adapter=manifest.get("adapter"), **overrides)
-    if args.draft_vocab:
+    if args.init:  # continue from a trained head: its variant and its draft vocabulary
+        head = FSPADDraftModel.from_pretrained(args.init)
+        if args.draft_vocab not in (None, head.config.draft_vocab_size) or args.variant != head.config.variant:
+            raise ValueError(f"--init {args.init} is a {head.config.variant} head with draft vocabulary "
+                             f"{head.config.draft_vocab_size}; drop --draft-vocab / --variant or make them match.")
+        head.attach_target(target, tokenizer)
+    else:
+        overrides = {"draft_vocab_size": args.draft_vocab} if args.draft_vocab else {}
+        head = FSPADDraftModel.from_target(target, tokenizer, variant=args.variant,
+                                           target_adapter=manifest.get("adapter"), **overrides)
+    if args.draft_vocab and not args.init:
         head.draft_to_target.copy_(draft_vocabulary(train_samples, args.draft_vocab, head.config.vocab_size))
         head.attach_target(target, tokenizer)  # re-slice the lm_head rows for the chosen vocabulary
     head = head.float().train()
@@ -331,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--variant", default="fspad", choices=["fspad", "eagle2", "fs-only", "pad-only"])
     p.add_argument("--draft-vocab", type=int, default=None, help="score only the N most frequent tokens")
+    p.add_argument("--init", default=None, help="start from this trained head (same variant and draft vocabulary)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
