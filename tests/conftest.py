@@ -104,3 +104,22 @@ def greedy_leaning_verifier(tree, probs, generator=None):
             return Verdict(torch.tensor([path]), torch.multinomial(probs[0, node], 1))
         node = ok[0]
         path.append(node)
+
+
+def train_killed_then_resumed(monkeypatch, args, target, kill_at: int):
+    """Run hf-specdec train with `args`, killed right after its step-`kill_at` checkpoint, then the same command
+    again (it resumes); returns the head folder of the resumed run."""
+    from hf_specdec.training import train as train_mod
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(accelerator, out_dir, state, keep=2):
+        real_save(accelerator, out_dir, state, keep)
+        if state["step"] == kill_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(args, target=target)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    return train_mod.train(args, target=target)

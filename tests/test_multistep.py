@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_target
+from conftest import tiny_target, train_killed_then_resumed
 
 from hf_specdec import FSPADDraftModel
 from hf_specdec.strategies.common import SpecDecodeStats
@@ -137,18 +137,8 @@ def test_multistep_training_lowers_every_steps_loss_and_resumes(tmp_path, monkey
 
     # killed after a checkpoint and resumed, the unrolled run reaches the same head
     straight = train_mod.train(_args(tmp_path / "a", features, unroll=2, max_steps=6, save_every=3), target=target)
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(accelerator, out_dir, state, keep=2):
-        real_save(accelerator, out_dir, state, keep)
-        if state["step"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(_args(tmp_path / "b", features, unroll=2, max_steps=6, save_every=3), target=target)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    resumed = train_mod.train(_args(tmp_path / "b", features, unroll=2, max_steps=6, save_every=3), target=target)
+    resumed = train_killed_then_resumed(
+        monkeypatch, _args(tmp_path / "b", features, unroll=2, max_steps=6, save_every=3), target, kill_at=3)
     a, b = FSPADDraftModel.from_pretrained(straight).state_dict(), FSPADDraftModel.from_pretrained(resumed).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

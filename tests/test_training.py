@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_target
+from conftest import tiny_target, train_killed_then_resumed
 
 from hf_specdec import FSPADDraftModel, fspad_generate
 from hf_specdec.training import data as data_mod
@@ -162,18 +162,8 @@ def test_resume_after_a_kill_gives_the_same_head(tiny_features, tmp_path, monkey
     target, features = tiny_features
     straight = train_mod.train(_args(tmp_path / "a", features, max_steps=8, save_every=3), target=target)
 
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(accelerator, out_dir, state, keep=2):
-        real_save(accelerator, out_dir, state, keep)
-        if state["step"] == 6:
-            raise KeyboardInterrupt  # killed right after the step-6 checkpoint
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(_args(tmp_path / "b", features, max_steps=8, save_every=3), target=target)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    resumed = train_mod.train(_args(tmp_path / "b", features, max_steps=8, save_every=3), target=target)
+    resumed = train_killed_then_resumed(
+        monkeypatch, _args(tmp_path / "b", features, max_steps=8, save_every=3), target, kill_at=6)
 
     a = FSPADDraftModel.from_pretrained(straight).state_dict()
     b = FSPADDraftModel.from_pretrained(resumed).state_dict()
@@ -203,18 +193,7 @@ def test_training_on_the_fly_matches_stored_features_and_resumes(tiny_features, 
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
 
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(accelerator, out_dir, state, keep=2):
-        real_save(accelerator, out_dir, state, keep)
-        if state["step"] == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(on_the_fly(tmp_path / "cut"), target=target)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    resumed = train_mod.train(on_the_fly(tmp_path / "cut"), target=target)
+    resumed = train_killed_then_resumed(monkeypatch, on_the_fly(tmp_path / "cut"), target, kill_at=6)
     c = FSPADDraftModel.from_pretrained(resumed).state_dict()
     for k in b:
         torch.testing.assert_close(b[k], c[k], rtol=0, atol=0, msg=k)
