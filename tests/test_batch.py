@@ -8,7 +8,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 import hf_specdec.strategies.fspad as fspad_module
 from hf_specdec import FSPADDraftModel
-from hf_specdec.tree.ragged import Slots, chain_ancestors, gather_paths, ragged_tree_mask, stack_trees
+from hf_specdec.tree.ragged import Slots, chain_ancestors, gather_paths, pad_paths, ragged_tree_mask, stack_trees
 from hf_specdec.tree import DraftTree
 
 from conftest import (
@@ -99,8 +99,9 @@ def test_gather_paths_moves_each_rows_path_next_to_the_prefix():
     cache = DynamicCache()
     keys = torch.arange(2 * 1 * 6, dtype=torch.float32).reshape(2, 1, 6, 1)
     cache.update(keys.clone(), keys.clone() + 100, 0)
-    width = gather_paths(cache, 2, [torch.tensor([0, 2, 3]), torch.tensor([0])])
-    assert width == 3
+    padded, lengths = pad_paths([torch.tensor([0, 2, 3]), torch.tensor([0])])
+    assert padded.tolist() == [[0, 2, 3], [0, 0, 0]] and lengths.tolist() == [3, 1]
+    gather_paths(cache, 2, padded)
     assert cache.layers[0].keys[0, 0, :, 0].tolist() == [0, 1, 2, 4, 5]
     assert cache.layers[0].keys[1, 0, :3, 0].tolist() == [6, 7, 8]  # row 1: prefix, its root, then holes
     assert cache.layers[0].values[0, 0, :, 0].tolist() == [100, 101, 102, 104, 105]

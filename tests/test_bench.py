@@ -218,5 +218,5 @@ def test_bench_batch_runs_every_batch_size_and_counts_real_tokens(tiny_setup):
         assert r["new_tokens"]["stock"] == r["new_tokens"]["fspad"] <= 4 * 10
         assert r["batches"] == 4 // B and r["speedup"] > 0
     eos = 7
-    assert batch.real_new_tokens(torch.tensor([[1, 2, 3, eos, 0, 0], [1, 4, 5, 6, 8, 9]]), 2, {eos}, 0) == [
+    assert batch.real_new_tokens(torch.tensor([[1, 2, 3, eos, 0, 0], [1, 4, 5, 6, 8, 9]]), 2, {eos}) == [
         [3, eos], [5, 6, 8, 9]]

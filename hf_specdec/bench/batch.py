@@ -39,7 +39,7 @@ def chat_batches(tokenizer, questions: list[dict], batch_size: int) -> list[dict
         tokenizer.padding_side = side
 
 
-def real_new_tokens(sequences: torch.Tensor, prompt_width: int, eos_ids: set[int], pad: int) -> list[list[int]]:
+def real_new_tokens(sequences: torch.Tensor, prompt_width: int, eos_ids: set[int]) -> list[list[int]]:
     """Each row's new tokens up to and including its first EOS (what stock and fspad both generate)."""
     rows = []
     for row in sequences[:, prompt_width:].tolist():
@@ -56,7 +56,6 @@ def real_new_tokens(sequences: torch.Tensor, prompt_width: int, eos_ids: set[int
 def run(model, tokenizer, head, questions, batch_sizes, max_new_tokens, repeats) -> dict:
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
-    pad = tokenizer.pad_token_id
     methods = {"stock": {}, "fspad": {"strategy": "fspad", "assistant_model": head}}
     results = {}
     for B in batch_sizes:
@@ -75,7 +74,7 @@ def run(model, tokenizer, head, questions, batch_sizes, max_new_tokens, repeats)
                     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                          return_dict_in_generate=True, **methods[m])
                     times[m][r] += time.perf_counter() - start
-                    outs[m] = real_new_tokens(out.sequences, batch["input_ids"].shape[1], eos_ids, pad)
+                    outs[m] = real_new_tokens(out.sequences, batch["input_ids"].shape[1], eos_ids)
                     if m == "fspad" and r == 0:
                         forwards += out.spec_stats.target_forwards
                         stats_tau.append(out.spec_stats.tau)
@@ -138,21 +137,24 @@ def layout_costs(model, tokenizer, head, questions, batch_size: int = 4, max_new
     from ..tree.ragged import ragged_tree_mask
 
     cycles, gather_ms = [], []
-    gather = batched.gather_paths
+    gather, pad = batched.gather_paths, batched.pad_paths
 
-    def timed_gather(cache, prefix_len, paths):
+    def recorded_pad(paths):  # the widths and path lengths of each cycle
+        padded, lengths = pad(paths)
+        cycles.append((padded.shape[1], lengths.tolist()))
+        return padded, lengths
+
+    def timed_gather(cache, prefix_len, padded):
         start = time.perf_counter()
-        width = gather(cache, prefix_len, paths)
+        gather(cache, prefix_len, padded)
         gather_ms.append((time.perf_counter() - start) * 1000)
-        cycles.append((width, [int(p.shape[0]) for p in paths]))
-        return width
 
-    batched.gather_paths = timed_gather
+    batched.gather_paths, batched.pad_paths = timed_gather, recorded_pad
     try:
         model.generate(**chat_batches(tokenizer, questions, batch_size)[0], max_new_tokens=max_new_tokens,
                        strategy="fspad", assistant_model=head)
     finally:
-        batched.gather_paths = gather
+        batched.gather_paths, batched.pad_paths = gather, pad
     reserved = sum(width * len(paths) for width, paths in cycles)
     holes = 1 - sum(map(sum, (paths for _, paths in cycles))) / reserved
 

@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..tree import DraftTree
-from ..tree.ragged import Slots, chain_ancestors, first_slots, gather_paths, keep_cache_rows, stack_trees
+from ..tree.ragged import Slots, chain_ancestors, first_slots, gather_paths, keep_cache_rows, pad_paths, stack_trees
 from ..verification import Verdict
 from .common import SpecDecodeOutput, SpecDecodeStats, TokenEmitter, process_tree_scores, processors_for_row
 from .engine import Drafter, choose_token, target_forward
@@ -146,13 +146,12 @@ def run_batched_tree_decoding(
         features, paths, emitted = drop_finished(features, paths, emitted)
         if not active:
             break
-        width = gather_paths(cache, prefix_len, paths)
-        counts = torch.tensor([p.shape[0] for p in paths], device=input_ids.device)
-        real = first_slots(counts, width)
+        at, counts = pad_paths(paths)
+        width = at.shape[1]
+        gather_paths(cache, prefix_len, at)
         new_tokens = torch.stack([torch.nn.functional.pad(t, (0, width - t.shape[0])) for t in emitted])
-        at = torch.stack([torch.nn.functional.pad(p, (0, width - p.shape[0]), value=int(p[-1])) for p in paths])
         path_features = features.gather(1, at[..., None].expand(-1, -1, features.shape[-1]))
-        draft_state = drafter.catch_up(new_tokens, path_features, slots, real=real)
+        draft_state = drafter.catch_up(new_tokens, path_features, slots, real=first_slots(counts, width))
         slots = slots.append(counts, width)
 
     for row in stats.rows:

@@ -138,12 +138,15 @@ class BatchTreeDrafts:
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.indexes = [self.indexes[i] for i in rows.tolist()]
 
-    def spent_ms(self, head_steps: int, batch_size: int) -> float:
-        """Host work grows with the rows (each is verified and emitted alone); a head step over B rows costs
-        what the target's curve says B times the tokens cost, relative to one row."""
+    def head_step_ms(self, batch_size: int) -> float:
+        """A head step over B rows costs what the target's curve says B times the tokens cost, relative to one
+        row."""
         curve, k = self.drafts.curve, self.drafts.shape.top_k
-        step = curve.head_step_ms * curve.verify(batch_size * k) / curve.verify(k)
-        return batch_size * curve.overhead_ms + head_steps * step
+        return curve.head_step_ms * curve.verify(batch_size * k) / curve.verify(k)
+
+    def spent_ms(self, head_steps: int, batch_size: int) -> float:
+        """Host work grows with the rows (each is verified and emitted alone), head steps with the batch."""
+        return batch_size * self.drafts.curve.overhead_ms + head_steps * self.head_step_ms(batch_size)
 
     def __call__(self, committed: list[torch.Tensor], draft_state, slots) -> list[DraftTree]:
         d = self.drafts
@@ -160,7 +163,7 @@ class BatchTreeDrafts:
                 best = candidate_scores.topk(keep).values.exp().tolist()
                 rows = [sorted(b + extra, reverse=True) for b, extra in zip(best, lookup_best)]
                 return batch_expansion_pays(rows, frontier_scores.exp().tolist(), d.curve, self.spent_ms(level, B),
-                                            self.spent_ms(level + 1, B) - self.spent_ms(level, B))
+                                            self.head_step_ms(B))
 
         roots = torch.cat([c[:, -1] for c in committed])
         tree = grow_tree(d.drafter.expand(slots), roots, log_probs, feature, d.shape.top_k, d.depth, d.total,
@@ -222,6 +225,8 @@ def fspad_generate(
     batched = padding is None
     if batched:
         check_batch_options("fspad", generation_config, streamer)
+        if lookup_mode == "choose":
+            raise NotImplementedError("lookup_mode='choose' drafts one row at a time; a batch takes lookup_mode='merge'.")
     shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens,
                               lookup_tokens=lookup_tokens)
     head.attach_target(model, tokenizer=tokenizer)
@@ -231,8 +236,6 @@ def fspad_generate(
 
     if lookup_mode not in ("merge", "choose"):
         raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
-    if batched and lookup_mode != "merge":
-        raise NotImplementedError("lookup_mode='choose' drafts one row at a time; a batch takes lookup_mode='merge'.")
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
     grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target)

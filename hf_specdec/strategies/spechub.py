@@ -102,8 +102,6 @@ def spechub_generate(
         )
     cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs,
                                           draft=draft_model, batched=isinstance(draft_model, DraftHead))
-    if padding is None:
-        check_batch_options("spechub", generation_config, streamer)
     stats = SpecDecodeStats()
     if isinstance(draft_model, DraftHead):
         draft_model.attach_target(model, tokenizer=tokenizer)
@@ -129,6 +127,8 @@ def spechub_generate(
         return verify_multidraft(tree, scores.softmax(-1), rule)
 
     if padding is None:
+        check_batch_options("spechub", generation_config, streamer)
+
         def grow_rows(committed, draft_state, slots):
             log_probs, feature = draft_state
             roots = torch.cat([c[:, -1] for c in committed])

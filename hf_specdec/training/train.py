@@ -21,6 +21,7 @@ logit half), on positions whose f_{t+1} is a response token (losses.fspad_loss).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import shutil
@@ -104,8 +105,6 @@ class OnTheFlyFeatures:
     target in `dtype`, kept in bf16)."""
 
     def __init__(self, target, dtype: torch.dtype):
-        import copy
-
         self.model = target if target.dtype == dtype else copy.deepcopy(target).to(dtype)
 
     def __call__(self, batch: dict) -> dict:

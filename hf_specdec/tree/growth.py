@@ -119,7 +119,7 @@ def grow_sampled_trees(
     distinct: bool,
 ) -> list[SampledDraftTree]:
     """One sampled tree per batch row (root_tokens [B], root_log_probs [B, V], root_features [B, H] or None),
-    each grown exactly as `grow_sampled_tree` grows it alone, with one `expand` per level for all rows: the
+    each grown by its own `sampled_growth`, with one `expand` per level for all rows: the
     rows' requests are padded to the most nodes any row feeds (padding nodes see themselves alone) and their
     slots laid side by side, level after level; a row whose tree is done feeds padding only."""
     B = root_tokens.shape[0]
@@ -158,8 +158,6 @@ def grow_sampled_trees(
                 if features is None:
                     features = torch.zeros(B, n, row_features.shape[-1], dtype=row_features.dtype, device=device)
                 features[b, :k] = row_features[0]
-        if features is None and root_features is not None:
-            raise ValueError("every row feeds features, or none does")
         log_probs, out_features = expand(tokens, features, ancestors, level)
         width_so_far += n
         for b, (row_tokens, *_rest) in list(requests.items()):

@@ -100,12 +100,19 @@ def stack_trees(trees: list[DraftTree]) -> tuple[torch.Tensor, torch.Tensor, tor
     return tokens, depths, ancestors
 
 
-def gather_paths(cache: DynamicCache, prefix_len: int, paths: list[torch.Tensor]) -> int:
-    """Move each row's accepted path (paths[b]: tree-node indices, root first) to the slots right after the
-    first `prefix_len`, in every layer; a row with a shorter path than the longest leaves holes after it.
-    Everything after is cut. Returns the width of the new slots (the longest path)."""
+def pad_paths(paths: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accepted paths of different lengths (tree-node indices, root first) as one [B, W] tensor, each padded
+    with its own last node (a valid index whose copy lands in a hole), and their lengths [B]."""
     width = max(p.shape[0] for p in paths)
-    padded = torch.stack([torch.nn.functional.pad(p, (0, width - p.shape[0]), value=int(p[-1])) for p in paths])
+    lengths = torch.tensor([p.shape[0] for p in paths], device=paths[0].device)
+    padded = torch.stack([torch.cat([p, p[-1:].expand(width - p.shape[0])]) for p in paths])
+    return padded, lengths
+
+
+def gather_paths(cache: DynamicCache, prefix_len: int, padded: torch.Tensor) -> None:
+    """Move each row's accepted path (`pad_paths`) to the slots right after the first `prefix_len`, in every
+    layer; a row with a shorter path than the longest leaves holes after it. Everything after is cut."""
+    width = padded.shape[1]
     layers = [layer for layer in cache.layers if layer.is_initialized and layer.keys.numel()]
     for t in {t.data_ptr(): t for layer in layers for t in (layer.keys, layer.values)}.values():
         index = (prefix_len + padded.to(t.device))[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1])
@@ -113,7 +120,6 @@ def gather_paths(cache: DynamicCache, prefix_len: int, paths: list[torch.Tensor]
     for layer in layers:
         layer.keys = layer.keys[..., : prefix_len + width, :]
         layer.values = layer.values[..., : prefix_len + width, :]
-    return width
 
 
 def keep_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
