@@ -208,8 +208,27 @@ def test_training_can_continue_from_a_trained_head(tiny_features, tmp_path):
     head = FSPADDraftModel.from_pretrained(second).attach_target(target)
     assert torch.equal(head.draft_to_target, FSPADDraftModel.from_pretrained(first).draft_to_target)
     assert train_mod.evaluate(head.float(), samples, 256)["loss"] < start["loss"]  # it went on from there
-    with pytest.raises(ValueError, match="draft vocabulary"):
-        train_mod.train(_args(tmp_path / "c", features, init=str(first), draft_vocab=16, max_steps=1), target=target)
+    with pytest.raises(ValueError, match="--draft-vocab 64 with --init: the head drafts from 32 tokens"):
+        train_mod.train(_args(tmp_path / "c", features, init=str(first), draft_vocab=64, max_steps=1), target=target)
+
+
+def test_continuing_with_a_smaller_draft_vocabulary_keeps_the_most_frequent_tokens(tiny_features, tmp_path):
+    target, features = tiny_features
+    first = train_mod.train(_args(tmp_path / "a", features, draft_vocab=32, max_steps=10, save_every=0), target=target)
+    small = train_mod.train(_args(tmp_path / "b", features, init=str(first), draft_vocab=12, epochs=0, save_every=0),
+                            target=target)
+    big, shrunk = (FSPADDraftModel.from_pretrained(d).attach_target(target).float() for d in (first, small))
+    samples = [s for s in load_samples(features) if not is_validation(s["id"], 0.2)]
+    counts = train_mod.token_counts(samples, target.config.vocab_size)
+    kept = shrunk.draft_to_target
+    assert shrunk.config.draft_vocab_size == 12 and kept.shape == (12,) and torch.equal(kept, kept.sort().values)
+    assert set(kept.tolist()) <= set(big.draft_to_target.tolist())
+    dropped = sorted(set(big.draft_to_target.tolist()) - set(kept.tolist()))
+    assert counts[kept].min() >= counts[dropped].max()  # the most frequent of the head's own tokens
+    # no step taken: the same weights, so the kept tokens' logits are the big head's, only fewer of them
+    hidden = torch.randn(3, target.config.hidden_size)
+    rows = torch.searchsorted(big.draft_to_target, kept)
+    torch.testing.assert_close(shrunk.compute_logits(hidden), big.compute_logits(hidden)[:, rows])
 
 
 def test_train_takes_features_or_samples_not_both(tmp_path):

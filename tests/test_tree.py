@@ -90,6 +90,32 @@ def test_from_parents_and_path_tokens():
     assert tree.path_tokens()[0].tolist() == [[0, 0], [11, 0], [12, 0], [11, 13], [11, 14], [12, 15]]
 
 
+@pytest.mark.parametrize("shape", ["chain", "random"])
+def test_from_parents_closes_every_tree(shape):
+    """Against a walk up the parents, for every size up to 70 (the pointer jumping's round count is exact at the
+    powers of two)."""
+    g = torch.Generator().manual_seed(1)
+    for N in range(1, 71):
+        parents = [-1] + [i - 1 if shape == "chain" else int(torch.randint(0, i, (1,), generator=g)) for i in range(1, N)]
+        tree = DraftTree.from_parents(torch.zeros(1, N, dtype=torch.long), torch.tensor([parents]))
+        for i in range(N):
+            chain, a = set(), i
+            while a >= 0:
+                chain, a = chain | {a}, parents[a]
+            assert set(tree.ancestors[0, i].nonzero().flatten().tolist()) == chain, (N, i)
+            assert int(tree.depths[0, i]) == len(chain) - 1
+
+
+def test_select_is_the_rebuilt_subtree():
+    tree = DraftTree.from_parents(torch.tensor([[10, 11, 12, 13, 14, 15]]), torch.tensor([[-1, 0, 0, 1, 1, 2]]),
+                                  torch.tensor([[1.0, 0.9, 0.8, 0.5, 0.4, 0.3]]))
+    part = tree.select([0, 1, 2, 4])
+    rebuilt = DraftTree.from_parents(torch.tensor([[10, 11, 12, 14]]), torch.tensor([[-1, 0, 0, 1]]))
+    for name in ("tokens", "parents", "depths", "ancestors"):
+        assert torch.equal(getattr(part, name), getattr(rebuilt, name)), name
+    assert part.estimates[0].tolist() == pytest.approx([1.0, 0.9, 0.8, 0.4])
+
+
 def test_tree_mask_and_positions():
     tree = DraftTree.from_parents(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[-1, 0, 0, 1]]))
     mask = tree_attention_mask(tree.ancestors, prefix_len=3, dtype=torch.float32)
@@ -132,3 +158,50 @@ def test_non_dynamic_caches_are_refused():
     with pytest.raises(ValueError, match="DynamicSlidingWindowLayer"):
         check_compactable(sliding)
     check_compactable(DynamicCache())
+
+
+# ------------------------------------------------------------------------------- grouped sdpa on the CPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_sdpa_is_transformers_sdpa_bit_for_bit(dtype):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from hf_specdec.tree.attention import grouped_sdpa_attention_forward
+
+    class Module:  # what the attention functions read of a layer
+        num_key_value_groups, is_causal, training = 3, True, False
+
+    g = torch.Generator().manual_seed(0)
+    for q_len, kv_len in ((4, 37), (16, 300), (1, 20)):
+        q = torch.randn(2, 6, q_len, 16, generator=g).to(dtype)
+        k, v = (torch.randn(2, 2, kv_len, 16, generator=g).to(dtype) for _ in range(2))
+        ancestors = torch.rand(2, q_len, q_len, generator=g) < 0.5
+        mask = tree_attention_mask(ancestors | torch.eye(q_len, dtype=torch.bool), kv_len - q_len, dtype)
+        for m in (mask, None):
+            ours, _ = grouped_sdpa_attention_forward(Module(), q, k, v, m, scaling=0.25)
+            theirs, _ = sdpa_attention_forward(Module(), q, k, v, m, scaling=0.25)
+            assert torch.equal(ours, theirs), (q_len, kv_len, m is None)
+
+
+def test_tree_decoding_on_the_cpu_switches_to_grouped_sdpa_and_back():
+    from conftest import tiny_target
+    from transformers import LogitsProcessor
+
+    from hf_specdec import FSPADDraftModel
+    from hf_specdec.tree.attention import GROUPED_SDPA
+
+    target = tiny_target("llama")  # 4 query heads on 2 key / value heads
+    head = FSPADDraftModel.from_target(target)
+    seen = []
+
+    class Spy(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen.append((target.config._attn_implementation, head.config._attn_implementation))
+            return scores
+
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    for batch in (ids, ids.repeat(2, 1)):
+        seen.clear()
+        target.generate(batch, assistant_model=head, strategy="fspad", max_new_tokens=6, logits_processor=[Spy()],
+                        tree_top_k=2, tree_depth=2, tree_total_tokens=4)
+        assert seen and set(seen) == {(GROUPED_SDPA, GROUPED_SDPA)}
+        assert target.config._attn_implementation == head.config._attn_implementation == "sdpa"

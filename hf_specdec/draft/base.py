@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb, eager_attention_forward
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,29 @@ def check_loading_info(info: dict, source, model_name: str = "the head") -> None
             f"partly loaded head would draft with random weights. Check that the folder holds a complete head saved "
             f"by {model_name}.save_pretrained (heads in the EAGLE / EAGLE-3 layouts load with hf_specdec.load_draft)."
         )
+
+
+def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embeddings, attention_mask, cache,
+                   is_causal: bool) -> torch.Tensor:
+    """What `LlamaAttention.forward` computes, called on its projections directly: the same operations in the
+    same order (so the same values, bit for bit), dispatched to the same attention implementation (sdpa, eager,
+    or our tree attention kernel), without the wrappers around LlamaAttention.forward. A head runs four or
+    more times per cycle on a handful of tokens, where those wrappers cost about as much as the attention
+    itself (`hf-specdec overhead`). The projections are still called as modules, so hooks and PEFT adapters on
+    them apply."""
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, attn.head_dim)
+    query = attn.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    key = attn.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    value = attn.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if cache is not None:
+        key, value = cache.update(key, value, attn.layer_idx)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
+    out, _ = attention(attn, query, key, value, attention_mask, dropout=attn.attention_dropout if attn.training else 0.0,
+                       scaling=attn.scaling, is_causal=is_causal)
+    return attn.o_proj(out.reshape(*input_shape, -1).contiguous())
 
 
 @dataclass

@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compat import cache_kwargs
-from .base import DraftHead, DraftOutput, TargetParts
+from .base import DraftHead, DraftOutput, TargetParts, head_attention
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -104,7 +104,7 @@ class Eagle3DraftModel(DraftHead):
         return self.lm_head(hidden_states)
 
     def forward(self, input_ids=None, features=None, position_ids=None, attention_mask=None, cache=None,
-                inputs_embeds=None, past_key_values=None, **kwargs) -> DraftOutput:
+                inputs_embeds=None, past_key_values=None) -> DraftOutput:
         """One pass. features [B, q, 3H'] (the target's fused hidden states) or [B, q, H] (the head's own
         output, fed back); otherwise as FSPADDraftModel.forward."""
         cache = cache if cache is not None else past_key_values
@@ -122,14 +122,8 @@ class Eagle3DraftModel(DraftHead):
         cos_sin = self.rotary_emb(h, position_ids)
         normed_h = layer.hidden_norm(h)
         residual = normed_h if layer.norm_before_residual else h
-        attn, _ = layer.self_attn(
-            hidden_states=torch.cat([layer.input_layernorm(e), normed_h], dim=-1),
-            position_embeddings=cos_sin,
-            attention_mask=attention_mask,
-            is_causal=attention_mask is None and h.shape[1] > 1,
-            **cache_kwargs(cache),
-            **kwargs,
-        )
+        attn = head_attention(layer.self_attn, torch.cat([layer.input_layernorm(e), normed_h], dim=-1), cos_sin,
+                              attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1)
         out = residual + attn
         out = out + layer.mlp(layer.post_attention_layernorm(out))
         for extra in self.extra_layers:

@@ -22,8 +22,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from ..compat import cache_kwargs
-from .base import DraftHead, DraftOutput, TargetParts, embedding_fingerprint, tokenizer_hash
+from .base import DraftHead, DraftOutput, TargetParts, embedding_fingerprint, head_attention, tokenizer_hash
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -118,7 +117,6 @@ class FSPADDraftModel(DraftHead):
         cache=None,
         inputs_embeds: torch.Tensor | None = None,
         past_key_values=None,
-        **kwargs,
     ) -> FSPADOutput:
         """One pass of the head.
 
@@ -147,15 +145,7 @@ class FSPADDraftModel(DraftHead):
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
         cos_sin = self.rotary_emb(h, position_ids)
         is_causal = attention_mask is None and h.shape[1] > 1
-        attn, _ = self.self_attn(
-            hidden_states=h,
-            position_embeddings=cos_sin,
-            attention_mask=attention_mask,
-            is_causal=is_causal,
-            **cache_kwargs(cache),
-            **kwargs,
-        )
-        a = h + attn
+        a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal)
         m = self.post_attention_layernorm(a)
         mlp = self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
         if self.config.use_partial_alignment:

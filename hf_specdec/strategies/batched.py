@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from ..tree import DraftTree
+from ..tree import DraftTree, tree_attention_for
 from ..tree.ragged import Slots, chain_ancestors, first_slots, gather_paths, keep_cache_rows, pad_paths, stack_trees
 from ..verification import Verdict
 from .common import SpecDecodeOutput, SpecDecodeStats, TokenEmitter, process_tree_scores, processors_for_row
@@ -77,7 +77,15 @@ def run_batched_tree_decoding(
     """The decoding loop for B rows (module docstring). input_ids [B, L] left-padded, valid [B, L] its
     non-padding slots. `grow` keeps per-row state of its own (lookup indices) and follows the batch through
     `grow.keep_rows`. Returns what stock generate returns for the batch: sequences right-padded after each
-    row's end (or a SpecDecodeOutput with per-row stats in spec_stats.rows)."""
+    row's end (or a SpecDecodeOutput with per-row stats in spec_stats.rows). The masks are dense (the tree
+    attention kernel takes one row), so only the CPU's grouped sdpa is switched on (`tree_attention_for`)."""
+    with tree_attention_for(model, drafter.model, tree_kernel=False):
+        return _decode_batch(model, input_ids, valid, cache, drafter, grow, verify, logits_processor,
+                             stopping_criteria, generation_config, stats)
+
+
+def _decode_batch(model, input_ids, valid, cache, drafter, grow, verify, logits_processor, stopping_criteria,
+                  generation_config, stats):
     B = input_ids.shape[0]
     n_pad = (~valid).sum(-1).tolist()
     emitters = [TokenEmitter(input_ids[b : b + 1], stopping_criteria, None, False, False) for b in range(B)]

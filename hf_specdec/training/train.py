@@ -155,12 +155,32 @@ def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps
     return result
 
 
-def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.Tensor:
-    """The `size` most frequent tokens of the training samples (response tokens weigh 4x), sorted by id."""
+def token_counts(samples: list[dict], vocab_size: int) -> torch.Tensor:
+    """How often each token occurs in the samples, response tokens weighing 4x: [vocab_size] float64."""
     counts = torch.zeros(vocab_size, dtype=torch.float64)
     for s in samples:
         counts.index_add_(0, s["input_ids"], 1.0 + 3.0 * s["loss_mask"].double())
-    return counts.topk(size).indices.sort().values
+    return counts
+
+
+def draft_vocabulary(samples: list[dict], size: int, vocab_size: int) -> torch.Tensor:
+    """The `size` most frequent tokens of the training samples (`token_counts`), sorted by id."""
+    return token_counts(samples, vocab_size).topk(size).indices.sort().values
+
+
+def shrink_draft_vocabulary(head, samples: list[dict], size: int) -> None:
+    """Keep only the `size` most frequent of the head's own draft tokens (`token_counts` of the samples): a head
+    step then scores fewer lm_head rows. The head's weights stay as they are (its draft lm_head is a slice of the
+    target's, borrowed): only the normalisation of its draft distribution loses the dropped tokens. Re-attach the
+    target afterwards, which re-slices the lm_head."""
+    own = head.draft_to_target
+    if not 0 < size <= own.shape[0]:
+        raise ValueError(f"--draft-vocab {size} with --init: the head drafts from {own.shape[0]} tokens; a smaller "
+                         f"vocabulary keeps 1..{own.shape[0]} of them.")
+    counts = token_counts(samples, head.config.vocab_size)
+    keep = own[counts[own.cpu()].topk(size).indices.to(own.device)].sort().values
+    head.config.draft_vocab_size = size
+    head.draft_to_target = keep
 
 
 def check_features_match(manifest: dict, head, features) -> None:
@@ -221,9 +241,13 @@ def train(args, target=None, tokenizer=None) -> Path:
     set_seed(args.seed)  # the head's initial weights
     if args.init:  # continue from a trained head: its variant and its draft vocabulary
         head = FSPADDraftModel.from_pretrained(args.init)
-        if args.draft_vocab not in (None, head.config.draft_vocab_size) or args.variant != head.config.variant:
-            raise ValueError(f"--init {args.init} is a {head.config.variant} head with draft vocabulary "
-                             f"{head.config.draft_vocab_size}; drop --draft-vocab / --variant or make them match.")
+        if args.variant != head.config.variant:
+            raise ValueError(f"--init {args.init} is a {head.config.variant} head; drop --variant or make it match.")
+        if args.draft_vocab not in (None, head.config.draft_vocab_size):
+            if head.config.draft_vocab_size is None:
+                raise ValueError(f"--init {args.init} scores the full vocabulary; --draft-vocab with --init keeps "
+                                 "part of a head's own draft vocabulary (train a new head for a first one).")
+            shrink_draft_vocabulary(head, train_samples, args.draft_vocab)
         head.attach_target(target, tokenizer)
     else:
         overrides = {"draft_vocab_size": args.draft_vocab} if args.draft_vocab else {}
@@ -336,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--variant", default="fspad", choices=["fspad", "eagle2", "fs-only", "pad-only"])
     p.add_argument("--draft-vocab", type=int, default=None, help="score only the N most frequent tokens")
-    p.add_argument("--init", default=None, help="start from this trained head (same variant and draft vocabulary)")
+    p.add_argument("--init", default=None, help="start from this trained head (its variant; its draft vocabulary, or with --draft-vocab N the N most frequent of its draft tokens)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")

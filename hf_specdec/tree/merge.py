@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .structure import DraftTree
@@ -39,9 +41,8 @@ def graft(tree: DraftTree, tokens: list[int], parents: list[int], estimates: lis
             break
         if parents[i] < 0 or in_tree[parents[i]] is not None or parents[i] in chosen:
             chosen.add(i)
-    if not chosen:
-        return tree if tree.estimates is None else DraftTree.from_parents(
-            tree.tokens, tree.parents, torch.tensor([tree_est], device=tree.tokens.device))
+    if not chosen:  # the same tree, with the shared nodes' better estimates
+        return tree if tree.estimates is None else replace(tree, estimates=torch.tensor([tree_est], device=tree.tokens.device))
     node_of = {}
     for i in sorted(chosen):  # draft order: parents first
         parent = parents[i]

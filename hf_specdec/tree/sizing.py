@@ -105,9 +105,4 @@ def prune_tree(tree: DraftTree, keep: int) -> DraftTree:
         return tree
     est = tree.estimates[0].tolist()
     order = sorted(range(1, tree.num_nodes), key=lambda i: (-est[i], i))[: keep - 1]
-    kept = [0] + sorted(order)
-    new_index = {old: new for new, old in enumerate(kept)}
-    parents = [-1] + [new_index[int(tree.parents[0, i])] for i in kept[1:]]
-    device = tree.tokens.device
-    return DraftTree.from_parents(tree.tokens[:, kept], torch.tensor([parents], device=device),
-                                  estimates=tree.estimates[:, kept])
+    return tree.select([0] + sorted(order))

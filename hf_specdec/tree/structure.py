@@ -31,22 +31,29 @@ class DraftTree:
     @classmethod
     def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor,
                      estimates: torch.Tensor | None = None) -> "DraftTree":
-        """Build depths and the ancestor closure from a parent array (parents before children)."""
+        """Build depths and the ancestor closure from a parent array (parents before children).
+
+        By pointer jumping: after round r every node has its ancestors up to 2^r generations up and `jump` points
+        2^r generations up (the root points at itself, so a jump past the root lands on it), so ceil(log2 N)
+        rounds close any tree of N nodes, without looking at the tensors (no host sync on a GPU)."""
         B, N = tokens.shape
-        eye = torch.eye(N, dtype=torch.bool, device=tokens.device).expand(B, N, N)
-        safe_parents = parents.clamp(min=0)
-        ancestors = eye.clone()
-        depths = torch.zeros_like(parents)
-        # Each round lets every node inherit one more generation of ancestors: depth rounds reach the root.
-        for _ in range(N - 1):
-            inherited = torch.gather(ancestors, 1, safe_parents[..., None].expand(B, N, N))
-            inherited = inherited & (parents >= 0)[..., None]
-            new = eye | inherited
-            if torch.equal(new, ancestors):
-                break
-            ancestors = new
-        depths = ancestors.sum(-1) - 1
-        return cls(tokens=tokens, parents=parents, depths=depths, ancestors=ancestors, estimates=estimates)
+        jump = parents.clamp(min=0)
+        ancestors = torch.eye(N, dtype=torch.bool, device=tokens.device).expand(B, N, N).clone()
+        ancestors.scatter_(2, jump[..., None], True)
+        for _ in range(max(N - 2, 0).bit_length()):  # ceil(log2(N - 1)): the deepest node is N - 1 generations down
+            ancestors = ancestors | ancestors.gather(1, jump[..., None].expand(B, N, N))
+            jump = jump.gather(1, jump)
+        return cls(tokens=tokens, parents=parents, depths=ancestors.sum(-1) - 1, ancestors=ancestors,
+                   estimates=estimates)
+
+    def select(self, kept: list[int]) -> "DraftTree":
+        """The batch-1 tree of the nodes `kept` (ascending, the root first, every kept node's parent kept)."""
+        index = torch.tensor(kept, device=self.tokens.device)
+        new_index = {old: new for new, old in enumerate(kept)}
+        parents = [-1] + [new_index[p] for p in self.parents[0, index[1:]].tolist()]
+        estimates = None if self.estimates is None else self.estimates[:, index]
+        return DraftTree(self.tokens[:, index], torch.tensor([parents], device=self.tokens.device),
+                         self.depths[:, index], self.ancestors[:, index][:, :, index], estimates)
 
     def row(self, b: int) -> "DraftTree":
         """Row b as a batch-1 tree."""
