@@ -58,3 +58,26 @@ def test_chi_square_detects_a_lossy_verifier(tiny, monkeypatch):
     draws = 1500
     counts = sample_histogram(target, head, ids, draws, gen_kwargs)
     assert chi_square_pvalue(counts, exact_sequence_probs(target, ids, gen_kwargs, VOCAB, NEW), draws) < 1e-6
+
+
+@pytest.mark.parametrize("names", [("temperature", "top_k", "top_p"), ("repetition", "temperature", "top_p")])
+def test_tree_scores_are_each_nodes_own_processed_scores(names):
+    """process_tree_scores against each node run alone with its context; the first set takes the all-nodes-at-once
+    path (warpers read the scores alone), the second the per-depth one (the repetition penalty reads the path)."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
+
+    from hf_specdec.strategies.common import process_tree_scores
+    from hf_specdec.tree import DraftTree
+
+    make = {"temperature": lambda: TemperatureLogitsWarper(0.7), "top_k": lambda: TopKLogitsWarper(5),
+            "top_p": lambda: TopPLogitsWarper(0.8), "repetition": lambda: RepetitionPenaltyLogitsProcessor(1.5)}
+    processors = LogitsProcessorList([make[n]() for n in names])
+    tree = DraftTree.from_parents(torch.tensor([[4, 7, 9, 4, 3, 7]]), torch.tensor([[-1, 0, 0, 1, 1, 3]]))
+    logits = torch.randn(1, 6, 12, generator=torch.Generator().manual_seed(0))
+    sequence = torch.tensor([[1, 4, 2, 4]])
+    got = process_tree_scores(logits, tree, sequence, processors)
+    paths = tree.path_tokens()[0]
+    for node in range(6):
+        context = torch.cat([sequence, paths[node : node + 1, : int(tree.depths[0, node])]], 1)
+        torch.testing.assert_close(got[0, node], processors(context, logits[0, node : node + 1])[0], rtol=0, atol=0)

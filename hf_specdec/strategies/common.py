@@ -10,10 +10,17 @@ import torch
 from transformers import (
     EncoderNoRepeatNGramLogitsProcessor,
     EncoderRepetitionPenaltyLogitsProcessor,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     GenerationConfig,
     LogitsProcessorList,
+    MinPLogitsWarper,
     PrefixConstrainedLogitsProcessor,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -234,15 +241,28 @@ def reads_batch_rows(processor) -> bool:
     )
 
 
+# Stock processors whose output at a row depends on that row's scores alone (and their own settings), never on
+# the tokens before it: the sampling warpers.
+SCORES_ONLY_PROCESSORS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
+                          TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper)
+
+
 def process_tree_scores(
     logits: torch.Tensor, tree: DraftTree, sequence: torch.Tensor, logits_processor: LogitsProcessorList
 ) -> torch.Tensor:
     """Apply the logits processors to the target's logits at every tree node, each with its own context
     (the committed sequence plus the path to the node). Nodes of one depth share a context length, so they
     go through the processors as one batch -- except through those that read a row's batch index, which see
-    each node alone, as row 0 of the request's one-row batch. logits [1, N, V] float32 -> scores [1, N, V]."""
+    each node alone, as row 0 of the request's one-row batch. Where every processor reads the scores alone
+    (sampling with temperature, top-k, top-p, ...), all nodes go through them at once. logits [1, N, V] float32
+    -> scores [1, N, V]."""
     if not logits_processor:
         return logits
+    if all(type(processor) in SCORES_ONLY_PROCESSORS for processor in logits_processor):
+        scores = logits[0]
+        for processor in logits_processor:
+            scores = processor(sequence.expand(scores.shape[0], -1), scores)
+        return scores[None]
     paths = tree.path_tokens()[0]  # [N, D]
     scores = torch.empty_like(logits)
     for d in range(int(tree.depths.max()) + 1):
