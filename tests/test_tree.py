@@ -98,6 +98,8 @@ def test_from_parents_closes_every_tree(shape):
     for N in range(1, 71):
         parents = [-1] + [i - 1 if shape == "chain" else int(torch.randint(0, i, (1,), generator=g)) for i in range(1, N)]
         tree = DraftTree.from_parents(torch.zeros(1, N, dtype=torch.long), torch.tensor([parents]))
+        bounded = DraftTree.from_parents(tree.tokens, tree.parents, max_depth=int(tree.depths.max()))
+        assert torch.equal(bounded.ancestors, tree.ancestors)  # the depth bound the growth passes is enough
         for i in range(N):
             chain, a = set(), i
             while a >= 0:

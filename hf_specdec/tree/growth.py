@@ -54,18 +54,18 @@ def grow_tree(
     slot_ancestors = torch.zeros(B, 0, 0, dtype=torch.bool, device=device)  # among the nodes fed to the draft
     frontier_parent_slots = torch.full((B, k), -1, dtype=torch.long, device=device)
 
+    themselves = torch.eye(k, dtype=torch.bool, device=device).expand(B, k, k)
+    levels = 1
     for level in range(1, depth):
         if should_expand is not None and not should_expand(level, torch.cat(cand_scores, 1), frontier_scores):
             break
-        # Ancestors of the k new slots: their parent's ancestors plus themselves.
+        # Ancestors of the k new slots: their parent's ancestors (none at level 1: the root is not a slot) plus
+        # themselves.
         S = slot_ancestors.shape[1]
-        padded = torch.nn.functional.pad(slot_ancestors, (0, k))  # [B, S, S + k]
-        inherited = torch.zeros(B, k, S + k, dtype=torch.bool, device=device)
-        if S:
-            rows = torch.gather(padded, 1, frontier_parent_slots.clamp(min=0)[..., None].expand(B, k, S + k))
-            inherited |= rows & (frontier_parent_slots >= 0)[..., None]
-        inherited[:, :, S:] |= torch.eye(k, dtype=torch.bool, device=device)
-        slot_ancestors = torch.cat([padded, inherited], dim=1)  # [B, S + k, S + k]
+        inherited = slot_ancestors.gather(1, frontier_parent_slots[..., None].expand(B, k, S)) if S else slot_ancestors.new_zeros(B, k, 0)
+        inherited = torch.cat([inherited, themselves], dim=2)  # [B, k, S + k]
+        slot_ancestors = torch.cat([torch.nn.functional.pad(slot_ancestors, (0, k)), inherited], dim=1)
+        levels += 1
 
         log_probs, features = expand(to_target(frontier_tokens), frontier_features, inherited, level)
         child_lp, child_tokens = log_probs.float().topk(k, dim=-1)  # [B, k, k]
@@ -99,7 +99,7 @@ def grow_tree(
     tokens = torch.cat([root_tokens[:, None], to_target(all_tokens.gather(1, kept))], dim=1)
     parents = torch.cat([torch.full((B, 1), -1, dtype=torch.long, device=device), parents], dim=1)
     estimates = torch.cat([torch.ones(B, 1, device=device), all_scores.gather(1, kept).exp()], dim=1)
-    return DraftTree.from_parents(tokens, parents, estimates)
+    return DraftTree.from_parents(tokens, parents, estimates, max_depth=levels)
 
 
 # draw(q [M, V], m) -> children [M, m]: m children per row drawn from the draft probabilities q.

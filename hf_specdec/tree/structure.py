@@ -30,17 +30,19 @@ class DraftTree:
 
     @classmethod
     def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor,
-                     estimates: torch.Tensor | None = None) -> "DraftTree":
-        """Build depths and the ancestor closure from a parent array (parents before children).
+                     estimates: torch.Tensor | None = None, max_depth: int | None = None) -> "DraftTree":
+        """Build depths and the ancestor closure from a parent array (parents before children). `max_depth`: a
+        bound on the depth, where the caller knows one (else N - 1).
 
         By pointer jumping: after round r every node has its ancestors up to 2^r generations up and `jump` points
-        2^r generations up (the root points at itself, so a jump past the root lands on it), so ceil(log2 N)
-        rounds close any tree of N nodes, without looking at the tensors (no host sync on a GPU)."""
+        2^r generations up (the root points at itself, so a jump past the root lands on it), so ceil(log2 D)
+        rounds close a tree of depth D, without looking at the tensors (no host sync on a GPU)."""
         B, N = tokens.shape
         jump = parents.clamp(min=0)
         ancestors = torch.eye(N, dtype=torch.bool, device=tokens.device).expand(B, N, N).clone()
         ancestors.scatter_(2, jump[..., None], True)
-        for _ in range(max(N - 2, 0).bit_length()):  # ceil(log2(N - 1)): the deepest node is N - 1 generations down
+        deepest = N - 1 if max_depth is None else min(max_depth, N - 1)
+        for _ in range(max(deepest - 1, 0).bit_length()):  # ceil(log2(deepest))
             ancestors = ancestors | ancestors.gather(1, jump[..., None].expand(B, N, N))
             jump = jump.gather(1, jump)
         return cls(tokens=tokens, parents=parents, depths=ancestors.sum(-1) - 1, ancestors=ancestors,
