@@ -186,11 +186,27 @@ def test_lookup_calibration_fit_and_reliability():
     fitted = fit(records)
     assert fitted[4] == (1.0, 1.0)
     node_records([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3, 9], 4, 3, 4, records)  # a second text: parent indices stay its own
-    assert all(up < i for i, (_, _, _, up, _) in enumerate(records))
-    assert all(records[up][1] == d - 1 for (_, d, _, up, _) in records if up >= 0)
+    assert all(up < i for i, (_, _, _, up, *_) in enumerate(records))
+    assert all(records[up][1] == d - 1 for (_, d, _, up, *_) in records if up >= 0)
     table = reliability(records, fit(records))
     assert sum(r["nodes"] for r in table) == len(records)
-    assert sum(r["observed"] * r["nodes"] for r in table) == sum(r[4] for r in records)
+    assert sum(r["observed"] * r["nodes"] for r in table) == sum(r[5] for r in records)
+
+
+def test_lookup_calibration_under_sampling_scores_the_draw_probability():
+    """A target that draws the text's next token with probability `right` (the rest spread elsewhere): every
+    lookup node of a periodic text is accepted, given its parent, with probability `right`."""
+    from hf_specdec.bench.lookup_calibration import fit, node_records, reliability
+
+    periodic = [5, 6, 7, 8] * 6
+    for right in (1.0, 0.5):
+        probs = torch.full((len(periodic), 10), (1 - right) / 9)
+        probs[torch.arange(len(periodic) - 1), torch.tensor(periodic[1:])] = right  # probs[i]: after position i
+        records = node_records(periodic, 8, depth=3, max_matches=4, probs=probs)
+        assert fit(records)[4] == (right, right)
+        assert all(r[5] is not None for r in records if r[3] < 0 or records[r[3]][4])
+        table = reliability(records, fit(records), sampled=True)
+        assert all(r["predicted"] == pytest.approx(right) and r["observed"] == pytest.approx(right) for r in table)
 
 
 def test_stop_string_inside_a_lookup_chain():
