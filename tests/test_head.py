@@ -144,3 +144,35 @@ def test_loaded_head_computes_what_the_saved_one_did(llama, tmp_path):
     torch.testing.assert_close(loaded.rotary_emb.inv_freq, head.rotary_emb.inv_freq)
     ids, feats = torch.tensor([[3, 7, 9, 2]]), torch.randn(1, 4, llama.config.hidden_size)
     torch.testing.assert_close(loaded(input_ids=ids, features=feats).features, head(input_ids=ids, features=feats).features)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_attention_is_llama_attention_bit_for_bit(dtype):
+    """The head's attention path (its projections called directly, the rotary embedding by a roll) gives exactly
+    LlamaAttention.forward's output, with and without a cache and a tree mask."""
+    from transformers import DynamicCache, LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+
+    from hf_specdec.draft.base import head_attention
+    from hf_specdec.tree import tree_attention_mask
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    attn, rotary = LlamaAttention(config, layer_idx=0).to(dtype).eval(), LlamaRotaryEmbedding(config)
+    x = torch.randn(1, 5, 64, dtype=dtype)
+    with torch.no_grad():
+        for cached in (0, 7):
+            caches = [DynamicCache(), DynamicCache()]
+            if cached:
+                prefix = torch.randn(1, cached, 64, dtype=dtype)
+                pe = rotary(prefix, torch.arange(cached)[None])
+                for c in caches:
+                    attn(prefix, position_embeddings=pe, attention_mask=None, cache=c)
+            pos = torch.tensor([[cached, cached + 1, cached + 1, cached + 2, cached + 3]])
+            pe = rotary(x, pos)
+            mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                                                      [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), cached, dtype)
+            ref, _ = attn(x, position_embeddings=pe, attention_mask=mask, cache=caches[0])
+            ours = head_attention(attn, x, pe, mask, caches[1], is_causal=False)
+            assert torch.equal(ref, ours), cached
