@@ -46,3 +46,24 @@ def test_feature_noise_range_scales_with_length():
     half_width = 0.2 * 512 / 64 / 2
     assert noisy.abs().max() <= half_width and noisy.abs().max() > 0.9 * half_width
     assert abs(noisy.mean().item()) < 0.05
+
+
+def test_topk_distillation_loss():
+    from hf_specdec.training.losses import topk_distillation_loss
+
+    # target p = (0.5, 0.3, 0.2) at one position; draft q = (0.25, 0.25, 0.5)
+    target = torch.tensor([[[0.5, 0.3, 0.2]]]).log()
+    draft = torch.tensor([[[0.25, 0.25, 0.5]]]).log()
+    mask = torch.ones(1, 1)
+    expected = -(0.5 / 0.8 * math.log(0.25) + 0.3 / 0.8 * math.log(0.25))  # the top 2, renormalised
+    assert math.isclose(topk_distillation_loss(draft, target, mask, 2).item(), expected, rel_tol=1e-6)
+    # K >= V is the full soft label
+    g = torch.Generator().manual_seed(1)
+    dl, tl, m = torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 16, generator=g), torch.ones(2, 5)
+    assert torch.isclose(topk_distillation_loss(dl, tl, m, 16), soft_label_ce_loss(dl, tl, m))
+    # in fspad_loss: off by default, added with its weight
+    reg, feat = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    base, v, p = fspad_loss(reg, dl, feat, tl, m)
+    with_k, v2, p2 = fspad_loss(reg, dl, feat, tl, m, w_topk=0.5, topk=4)
+    assert torch.equal(v, v2) and torch.equal(p, p2)
+    assert torch.isclose(with_k, base + 0.5 * topk_distillation_loss(dl, tl, m, 4))

@@ -29,11 +29,28 @@ def soft_label_ce_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, 
     return _masked_mean(per_token, mask)
 
 
-def fspad_loss(out_regress, draft_logits, next_features, target_logits, mask, w_regress=1.0, w_logits=0.1):
-    """loss = w_regress * vloss + w_logits * ploss (the paper: 1.0 and 0.1). Returns (loss, vloss, ploss)."""
+def topk_distillation_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor,
+                           k: int) -> torch.Tensor:
+    """kloss = -sum_t m_t * sum_{v in top_k(p_T)} p^_T(v) log softmax(draft_logits_t)(v) / sum_t m_t, with
+    p^_T = p_T renormalised over the target's k most likely tokens (HASS's top-K distillation): the soft label
+    without its tail, the tokens a tree can hold. k >= V is ploss."""
+    p_target = target_logits.float().softmax(-1)
+    top_p, top = p_target.topk(min(k, p_target.shape[-1]), dim=-1)
+    log_q = draft_logits.float().log_softmax(-1).gather(-1, top)
+    per_token = -((top_p / top_p.sum(-1, keepdim=True)) * log_q).sum(-1)
+    return _masked_mean(per_token, mask)
+
+
+def fspad_loss(out_regress, draft_logits, next_features, target_logits, mask, w_regress=1.0, w_logits=0.1,
+               w_topk=0.0, topk=10):
+    """loss = w_regress * vloss + w_logits * ploss (the paper: 1.0 and 0.1) [+ w_topk * kloss, off by default].
+    Returns (loss, vloss, ploss)."""
     vloss = feature_regression_loss(out_regress, next_features, mask)
     ploss = soft_label_ce_loss(draft_logits, target_logits, mask)
-    return w_regress * vloss + w_logits * ploss, vloss, ploss
+    loss = w_regress * vloss + w_logits * ploss
+    if w_topk:
+        loss = loss + w_topk * topk_distillation_loss(draft_logits, target_logits, mask, topk)
+    return loss, vloss, ploss
 
 
 def feature_noise(features: torch.Tensor, generator: torch.Generator | None = None, scale: float = 0.2) -> torch.Tensor:

@@ -272,7 +272,7 @@ def train(args, target=None, tokenizer=None) -> Path:
 
     def step_loss(regress, logits, f_next, target_logits):
         ones = torch.ones(logits.shape[0], device=logits.device)
-        return fspad_loss(regress, logits, f_next, target_logits, ones, 1.0, args.logit_weight)
+        return fspad_loss(regress, logits, f_next, target_logits, ones, 1.0, args.logit_weight, args.topk_weight, args.topk)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     ckpt = latest_checkpoint(out_dir) if not args.restart else None
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip", type=float, default=0.5, help="gradient clipping by value (the paper's 0.5)")
     p.add_argument("--logit-weight", type=float, default=0.1, help="weight of ploss (the paper's 0.1)")
+    p.add_argument("--topk-weight", type=float, default=0.0,
+                   help="weight of a top-K distillation term (losses.topk_distillation_loss); 0: off")
+    p.add_argument("--topk", type=int, default=10, help="K of the top-K distillation term")
     p.add_argument("--unroll", type=int, default=1, help="multi-step training: run the head this many steps "
                    "per batch, step j >= 2 on its own features (training/multistep.py); 1 is single-step training")
     p.add_argument("--unroll-decay", type=float, default=0.8, help="weight decay^(j-1) of step j's loss")
