@@ -26,6 +26,14 @@ LOOKUP_CALIBRATION: dict[int, tuple[float, float]] = {
     3: (0.693, 0.791),
     4: (0.891, 0.930),
 }
+# The same for sampling at T = 1 (`hf-specdec calibrate-lookup --temperature 1`, README): a lookup node is accepted
+# with the target's probability of drawing its token, well below the greedy rates. Used whenever generate samples.
+LOOKUP_CALIBRATION_SAMPLING: dict[int, tuple[float, float]] = {
+    1: (0.252, 0.497),
+    2: (0.469, 0.547),
+    3: (0.523, 0.562),
+    4: (0.564, 0.606),
+}
 
 
 class SuffixIndex:

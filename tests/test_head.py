@@ -1,13 +1,12 @@
 """The FSPAD head as a transformers model: variants, save/load, the Hub cache, pairing with a target."""
 
 import os
-import shutil
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, GenerationConfig
 
-from hf_specdec import FSPADConfig, FSPADDraftModel
+from hf_specdec import FSPADDraftModel
 
 from conftest import tiny_target
 

@@ -178,6 +178,25 @@ def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch):
     assert chi_square_pvalue(counts, probs, draws) > 1e-3
 
 
+def test_sampling_uses_the_sampling_calibration(monkeypatch, llama):
+    """The lookup estimates come from LOOKUP_CALIBRATION when generate is greedy and from
+    LOOKUP_CALIBRATION_SAMPLING when it samples."""
+    import hf_specdec.strategies.fspad as fspad_module
+    from hf_specdec.lookup import LOOKUP_CALIBRATION, LOOKUP_CALIBRATION_SAMPLING
+
+    used, real = [], fspad_module.lookup_trie
+    monkeypatch.setattr(fspad_module, "lookup_trie", lambda *a, calibration=None, **k: used.append(calibration) or real(*a, calibration=calibration, **k))
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(llama)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])
+    for sample, table in ((False, LOOKUP_CALIBRATION), (True, LOOKUP_CALIBRATION_SAMPLING)):
+        used.clear()
+        llama.generate(ids, assistant_model=head, strategy="fspad", do_sample=sample, max_new_tokens=5, lookup_tokens=4,
+                       tree_top_k=2, tree_depth=2, tree_total_tokens=4)
+        assert used and all(c is table for c in used)
+    assert LOOKUP_CALIBRATION_SAMPLING[4][0] < LOOKUP_CALIBRATION[4][0]
+
+
 def test_lookup_calibration_fit_and_reliability():
     from hf_specdec.bench.lookup_calibration import fit, node_records, reliability
 

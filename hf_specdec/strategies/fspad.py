@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..draft.base import DraftHead
-from ..lookup import LookupTrie, SuffixIndex, lookup_trie
+from ..lookup import LOOKUP_CALIBRATION, LOOKUP_CALIBRATION_SAMPLING, LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..tree.sizing import batch_expansion_pays, best_batch_tree_size
 from ..verification import verify_greedy, verify_sampling
@@ -75,9 +75,12 @@ class TreeDrafts:
     draft a cycle alone when the suffix match is long ("choose")."""
 
     def __init__(self, drafter: HeadDrafter, shape: TreeShape, curve: CostCurve | None, lookup_mode: str,
-                 draft_to_target: torch.Tensor | None):
+                 draft_to_target: torch.Tensor | None, sampling: bool = False):
         self.drafter, self.shape, self.curve, self.lookup_mode = drafter, shape, curve, lookup_mode
         self.draft_to_target = draft_to_target
+        # a lookup node is accepted less often when the target samples (with its draw probability) than when it
+        # takes its argmax: each has its own calibration
+        self.calibration = LOOKUP_CALIBRATION_SAMPLING if sampling else LOOKUP_CALIBRATION
         self.depth, self.total = (AUTO_MAX_DEPTH, AUTO_MAX_NODES) if curve is not None else (shape.depth, shape.total_tokens)
         self.index = SuffixIndex()
 
@@ -101,7 +104,8 @@ class TreeDrafts:
     def lookup(self, committed: torch.Tensor, index: SuffixIndex | None = None) -> LookupTrie:
         index = self.index if index is None else index
         index.extend(committed[0, len(index.tokens):].tolist())
-        return lookup_trie(index, depth=self.shape.lookup_tokens, max_matches=LOOKUP_MATCHES)
+        return lookup_trie(index, depth=self.shape.lookup_tokens, max_matches=LOOKUP_MATCHES,
+                           calibration=self.calibration)
 
     def graft(self, tree: DraftTree, trie: LookupTrie) -> DraftTree:
         return graft(tree, trie.tokens, trie.parents, trie.estimates, self.shape.lookup_tokens)
@@ -238,7 +242,7 @@ def fspad_generate(
         raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
-    grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target)
+    grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=generation_config.do_sample)
 
     def verify(tree, scores):
         if generation_config.do_sample:

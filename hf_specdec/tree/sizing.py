@@ -17,8 +17,6 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass
 
-import torch
-
 from .structure import DraftTree
 
 
