@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The recipe that trained the shipped heads for SmolLM2-135M-Instruct on a 2-core CPU.
+# The recipe that trained the shipped heads for SmolLM2-135M-Instruct on a 2-core CPU: release 2 (steps 1-4), then
+# release 3 (steps 5-7), which continues release 2 on closer data with multi-step training.
 # Every step is resumable: after a kill, run the script again and each command continues where it stopped.
 set -euo pipefail
 RUN=${RUN:-runs/smollm2}
@@ -23,3 +24,19 @@ wait
 #    python examples/make_tune_prompts.py > "$RUN/tune_prompts.jsonl"
 #    hf-specdec bench --questions "$RUN/tune_prompts.jsonl" --draft "$RUN/fspad/head" \
 #        --methods stock fspad@4,4,16 fspad@2,4,8 fspad@3,5,12 --out "$RUN/tune.json"
+
+# 5. Release 3's data (translation, back-translation, more self-distilled answers, long context; resumable).
+bash examples/make_v3_data.sh
+V3=${V3:-runs/v3}
+# 6. Continue both release-2 heads (as exported in bf16: what release 2 shipped) on it, unrolled three steps (the
+#    drafting-time test), same data and budget for both (the shipped FSPAD run had two threads to itself: 36 min).
+for variant in fspad eagle2; do
+    hf-specdec export --head "$RUN/$variant/head" --tree 4,4,16 --out "$RUN/export-$variant"
+    OMP_NUM_THREADS=1 hf-specdec train --features "$V3/features" --variant "$variant" --init "$RUN/export-$variant" \
+        --unroll 3 --lr 3e-4 --warmup-steps 20 --max-steps 700 --save-every 50 --out "$V3/${variant}_ft" &
+done
+wait
+# 7. Export in bf16 with the tree defaults: what hf_specdec/pretrained/smollm2-135m-instruct-{fspad,eagle2} hold.
+for variant in fspad eagle2; do
+    hf-specdec export --head "$V3/${variant}_ft/head" --tree 4,4,16 --out "$V3/export-$variant"
+done
