@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..draft import FSPADDraftModel
@@ -34,6 +35,19 @@ def tiny_pair(seed: int = 0):
     return target, FSPADDraftModel.from_target(target)
 
 
+class CallCounter(TorchFunctionMode):
+    """Counts the torch calls made inside it (torch functions and tensor methods, as __torch_function__ sees
+    them): on a small model the host time of a step is about this count times a few microseconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
 @torch.no_grad()
 def measure(new_tokens: int, rounds: int) -> list[dict]:
     target, head = tiny_pair()
@@ -43,10 +57,13 @@ def measure(new_tokens: int, rounds: int) -> list[dict]:
         jobs[name] = lambda kwargs=kwargs: target.generate(ids, assistant_model=head, strategy="fspad",
                                                            max_new_tokens=new_tokens, return_dict_in_generate=True,
                                                            **kwargs)
-    steps = {}
-    for name, job in jobs.items():  # warm-up (and the cost curve, measured once)
+    steps, calls = {}, {}
+    for name, job in jobs.items():  # warm-up (and the cost curve, measured once), then an untimed counted run
         out = job()
         steps[name] = new_tokens if name == "stock greedy" else out.spec_stats.target_forwards - 1
+        with CallCounter() as counter:
+            job()
+        calls[name] = counter.calls
     times = {name: [] for name in jobs}
     for _ in range(rounds):
         for name, job in jobs.items():
@@ -54,7 +71,8 @@ def measure(new_tokens: int, rounds: int) -> list[dict]:
             job()
             times[name].append((time.perf_counter() - start) * 1000)
     return [{"method": name, "ms_total": statistics.median(t), "steps": steps[name],
-             "ms_per_step": statistics.median(t) / max(steps[name], 1)} for name, t in times.items()]
+             "ms_per_step": statistics.median(t) / max(steps[name], 1),
+             "torch_calls_per_step": calls[name] / max(steps[name], 1)} for name, t in times.items()]
 
 
 def main(argv=None):
@@ -64,10 +82,11 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_results/overhead.json")
     args = ap.parse_args(argv)
     rows = measure(args.new_tokens, args.rounds)
-    print(f"| method (tiny random target, {torch.get_num_threads()} threads) | steps | ms per step (token / cycle) |")
-    print("|---|---|---|")
+    print(f"| method (tiny random target, {torch.get_num_threads()} threads) | steps | ms per step (token / cycle) "
+          "| torch calls per step |")
+    print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['steps']} | {r['ms_per_step']:.2f} |")
+        print(f"| {r['method']} | {r['steps']} | {r['ms_per_step']:.2f} | {r['torch_calls_per_step']:.0f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": vars(args), "rows": rows}, indent=1))
     return 0

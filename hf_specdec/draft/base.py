@@ -75,9 +75,10 @@ def rotate_query_key(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, 
 
 def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embeddings, attention_mask, cache,
                    is_causal: bool) -> torch.Tensor:
-    """What `LlamaAttention.forward` computes, called on its projections directly: the same operations in the
-    same order (so the same values, bit for bit), dispatched to the same attention implementation (sdpa, eager,
-    or our tree attention kernel), without the wrappers around LlamaAttention.forward. A head runs four or
+    """What `LlamaAttention.forward` computes, called on its projections directly: the same values, bit for bit
+    (the rotary embedding by `rotate_query_key`; tested against LlamaAttention), dispatched to the same attention
+    implementation (sdpa, eager, or our tree attention kernel), without the wrappers around
+    LlamaAttention.forward. A head runs four or
     more times per cycle on a handful of tokens, where those wrappers cost about as much as the attention
     itself (`hf-specdec overhead`). The projections are still called as modules, so hooks and PEFT adapters on
     them apply."""

@@ -55,7 +55,6 @@ def grow_tree(
     frontier_parent_slots = torch.full((B, k), -1, dtype=torch.long, device=device)
 
     themselves = torch.eye(k, dtype=torch.bool, device=device).expand(B, k, k)
-    levels = 1
     for level in range(1, depth):
         if should_expand is not None and not should_expand(level, torch.cat(cand_scores, 1), frontier_scores):
             break
@@ -65,7 +64,6 @@ def grow_tree(
         inherited = slot_ancestors.gather(1, frontier_parent_slots[..., None].expand(B, k, S)) if S else slot_ancestors.new_zeros(B, k, 0)
         inherited = torch.cat([inherited, themselves], dim=2)  # [B, k, S + k]
         slot_ancestors = torch.cat([torch.nn.functional.pad(slot_ancestors, (0, k)), inherited], dim=1)
-        levels += 1
 
         log_probs, features = expand(to_target(frontier_tokens), frontier_features, inherited, level)
         child_lp, child_tokens = log_probs.float().topk(k, dim=-1)  # [B, k, k]
@@ -99,7 +97,7 @@ def grow_tree(
     tokens = torch.cat([root_tokens[:, None], to_target(all_tokens.gather(1, kept))], dim=1)
     parents = torch.cat([torch.full((B, 1), -1, dtype=torch.long, device=device), parents], dim=1)
     estimates = torch.cat([torch.ones(B, 1, device=device), all_scores.gather(1, kept).exp()], dim=1)
-    return DraftTree.from_parents(tokens, parents, estimates, max_depth=levels)
+    return DraftTree.from_parents(tokens, parents, estimates, max_depth=len(cand_tokens))  # one level per list
 
 
 # draw(q [M, V], m) -> children [M, m]: m children per row drawn from the draft probabilities q.
