@@ -101,14 +101,16 @@ def walk_tree(tree: DraftTree, resolve_node) -> Verdict:
         path.append(node)
 
 
-def verify_sampling(tree: DraftTree, probs: torch.Tensor, generator=None) -> Verdict:
+def verify_sampling(tree: DraftTree, scores: torch.Tensor, generator=None) -> Verdict:
     """Sampling rule for trees of deterministic (top-k) drafts: walk down from the root, at each node try its
     children in tree order with `accept_deterministic_drafts`; the first accepted child becomes the current
     node; if all are rejected (or the node is a leaf) sample the next token from the residual / the target.
-    probs [B, N, V]: the target's processed probabilities after each node. Lossless in distribution."""
+    scores [B, N, V]: the target's processed scores (logits after the logits processors) after each node; the
+    target's distribution at a node is their softmax, taken only at the nodes the walk visits (the accepted
+    path and the node after it, a few of the N). Lossless in distribution."""
 
     def resolve_node(node, children):
-        p = probs[0, node].float()
+        p = scores[0, node].float().softmax(-1)
         j, residual = accept_deterministic_drafts(p, tree.tokens[0, children], generator)
         if j >= 0:
             return j, None

@@ -91,10 +91,12 @@ def chi_square_pvalue(counts, probs, draws):
     return chisquare(obs, [e * scale for e in exp]).pvalue
 
 
-def greedy_leaning_verifier(tree, probs, generator=None):
+def greedy_leaning_verifier(tree, scores, generator=None):
     """A lossy stand-in for verify_sampling (for power checks): it accepts the first child the target gives
     any mass, instead of accepting with probability p."""
     from hf_specdec.verification import Verdict
+
+    probs = scores.softmax(-1)
 
     path, node = [0], 0
     while True:

@@ -7,7 +7,7 @@ import torch
 
 from hf_specdec import FSPADDraftModel
 from hf_specdec.testing import OracleHead
-from hf_specdec.tree import CostCurve, DraftTree, best_tree_size, expansion_pays, prune_tree
+from hf_specdec.tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, prune_tree
 
 from conftest import oracle_head, tiny_target
 
@@ -86,3 +86,90 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "costs").glob("*.json"))) == 1
     calibration.cost_curve_for(target, head, refresh=True)
     assert len(calls) == 2
+
+
+# --- the head's path probabilities mapped onto P(accepted) (EstimateCalibration) ---
+
+PESSIMISTIC = EstimateCalibration((0.0, 0.999, 1.0), (0.0, 0.001, 1.0))  # every draft node ~0: never worth verifying
+OPTIMISTIC = EstimateCalibration((0.0, 0.001, 1.0), (0.0, 0.999, 1.0))  # every draft node ~1
+
+
+def test_estimate_calibration_interpolates_between_its_knots():
+    c = EstimateCalibration((0.0, 0.2, 0.6, 1.0), (0.0, 0.1, 0.5, 1.0))
+    e = torch.tensor([0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5])
+    assert c(e).tolist() == pytest.approx([0.0, 0.05, 0.1, 0.3, 0.5, 0.75, 1.0, 1.0])
+    assert EstimateCalibration.from_dict(c.to_dict()) == c
+    for x, y in [((0.0, 0.5), (0.0, 1.0)), ((0.0, 0.6, 0.4, 1.0), (0.0, 0.1, 0.2, 1.0)),
+                 ((0.0, 0.5, 1.0), (0.0, 0.7, 0.6)), ((0.0, 1.0), (0.0, 0.5, 1.0)), ((0.0, 1.0), (0.0, 1.2)),
+                 ((0.0, 1.0), (0.1, 1.0))]:
+        with pytest.raises(ValueError, match="both non-decreasing, x from 0"):
+            EstimateCalibration(x, y)
+
+
+def test_estimate_calibration_fit_pools_violators_and_recovers_calibrated_estimates():
+    # bins 0.0-0.05 (2 nodes, 1 accepted), 0.4-0.5 (2 nodes, none), 0.9-1.0 (1, accepted): 0.5 > 0 is a
+    # violation, pooled to (1 + 0) / 4 = 0.25 for both
+    c = EstimateCalibration.fit([0.02, 0.04, 0.42, 0.48, 0.95], [1, 0, 0, 0, 1])
+    assert c.x == pytest.approx((0.0, 0.03, 0.45, 0.95, 1.0)) and c.y == pytest.approx((0.0, 0.25, 0.25, 1.0, 1.0))
+    c = EstimateCalibration.fit([0.1, 0.1, 0.5, 0.5], [0, 1, 1, 0])  # flat above the last bin
+    assert c.x == pytest.approx((0.0, 0.1, 0.5, 1.0)) and c.y == pytest.approx((0.0, 0.5, 0.5, 0.5))
+    # estimates that are right on average map (nearly) onto themselves
+    gen = torch.Generator().manual_seed(0)
+    e = torch.rand(20000, generator=gen)
+    accepted = (torch.rand(20000, generator=gen) < e).float()
+    fitted = EstimateCalibration.fit(e.tolist(), accepted.tolist())
+    probe = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert fitted(probe).tolist() == pytest.approx(probe.tolist(), abs=0.03)
+
+
+@pytest.mark.parametrize("calibration", [PESSIMISTIC, OPTIMISTIC, False], ids=["pessimistic", "optimistic", "raw"])
+def test_the_estimate_calibration_never_changes_the_output(calibration):
+    target = tiny_target(seed=5)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    ref = target.generate(ids, max_new_tokens=30, do_sample=False)
+    for head in (FSPADDraftModel.from_target(target), oracle_head(target, ref, accuracy=0.8)):
+        out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=30, cost_curve=SMOLLM_LIKE,
+                              estimate_calibration=calibration, lookup_tokens=0, return_dict_in_generate=True)
+        assert torch.equal(out.sequences, ref)
+        if calibration is PESSIMISTIC and not isinstance(head, OracleHead):
+            # it takes effect: no draft node of the untrained head (path probabilities < 1) is worth verifying
+            assert set(out.spec_stats.accepted_lengths) == {1}
+            assert out.spec_stats.draft_forwards == out.spec_stats.target_forwards - 1
+        if isinstance(head, OracleHead):  # its path probabilities are 1, which every calibration keeps
+            assert max(out.spec_stats.accepted_lengths) > 1
+
+
+def test_the_head_carries_its_calibration_per_decoding_mode(tmp_path):
+    from hf_specdec.bench.lookup_calibration import save_head_calibration
+    from hf_specdec.strategies.fspad import head_estimate_calibration
+
+    target = tiny_target(seed=5)
+    head = FSPADDraftModel.from_target(target)
+    assert head_estimate_calibration(head, None, sampling=False) is None  # none stored: raw path probabilities
+    head.save_pretrained(tmp_path)
+    save_head_calibration(tmp_path, "sampling", PESSIMISTIC.to_dict())
+    loaded = FSPADDraftModel.from_pretrained(tmp_path)
+    assert head_estimate_calibration(loaded, None, sampling=True) == PESSIMISTIC
+    assert head_estimate_calibration(loaded, None, sampling=False) is None
+    assert head_estimate_calibration(loaded, False, sampling=True) is None
+    assert head_estimate_calibration(loaded, OPTIMISTIC, sampling=True) == OPTIMISTIC
+    with pytest.raises(TypeError, match="estimate_calibration must be"):
+        head_estimate_calibration(loaded, {"x": [0, 1]}, sampling=True)
+    loaded.generation_config.estimate_calibration = {"greedy": {"x": [0.0, 0.5], "y": [0.0, 1.0]}}
+    with pytest.raises(ValueError, match="unusable estimate_calibration"):
+        head_estimate_calibration(loaded, None, sampling=False)
+
+
+def test_head_calibration_report_checks_each_half_with_the_other_halfs_map():
+    from hf_specdec.bench.lookup_calibration import head_calibration_report
+
+    gen = torch.Generator().manual_seed(1)
+    prompts = []
+    for _ in range(40):  # over-confident estimates: accepted with probability e / 2
+        e = torch.rand(200, generator=gen)
+        prompts.append(list(zip(e.tolist(), (torch.rand(200, generator=gen) < e / 2).tolist())))
+    report = head_calibration_report(prompts)
+    c = EstimateCalibration.from_dict(report["calibration"])
+    assert c(torch.tensor([0.6])).item() == pytest.approx(0.3, abs=0.04)
+    for row in report["held_out_reliability"]:
+        assert row["observed"] == pytest.approx(row["predicted"], abs=0.06)

@@ -41,6 +41,41 @@ def test_read_conversations_both_forms(tmp_path):
     assert convs[2].messages == [{"role": "user", "content": "q"}] and convs[2].reference == "r"
 
 
+def test_held_out_prompts_are_left_out_of_every_data_builder(tmp_path, monkeypatch, caplog):
+    """Rows holding a tuning prompt (training/held_out_pool.json names them by the sha1 of their text) never reach
+    training: not as a first turn, not inside a later exchange, not as translation source text."""
+    from hf_specdec.training import held_out, prompts
+
+    kept_for_tuning = "What is the capital of the held-out kingdom?"
+    monkeypatch.setattr(held_out, "held_out_digests", lambda: frozenset({held_out.prompt_digest(kept_for_tuning)}))
+    path = tmp_path / "pool.jsonl"
+    rows = [
+        {"id": 1, "source": "s", "prompt": "Keep me."},
+        {"id": 2, "source": "s", "prompt": kept_for_tuning},
+        {"id": 3, "messages": [{"role": "user", "content": kept_for_tuning}, {"role": "assistant", "content": "x"},
+                               {"role": "user", "content": "And then?"}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [c.id for c in data_mod.read_conversations(path)] == ["1"]
+    assert "left out 2 rows" in caplog.text
+    assert [r["id"] for r in prompts._read_pool(path)] == [1, 3]  # translation reads prompts (row 3 has none)
+    # the real file: 15 tuning and 45 calibration prompts, distinct
+    rows = json.loads(held_out.HELD_OUT_FILE.read_text())["rows"]
+    assert sorted(r["split"] for r in rows).count("tune") == 15 and len(rows) == 60
+    assert len({r["sha1"] for r in rows}) == 60
+
+
+def test_held_out_rows_refuse_a_file_that_is_not_the_pool(tmp_path):
+    from hf_specdec.training.held_out import held_out_rows
+
+    path = tmp_path / "other.jsonl"
+    path.write_text(json.dumps({"id": 1, "source": "s", "prompt": "unrelated"}) + "\n")
+    with pytest.raises(ValueError, match="holds 0 of the 15 held-out 'tune' prompts"):
+        held_out_rows(path, "tune")
+    with pytest.raises(ValueError, match="splits are 'tune' and 'calibration'"):
+        held_out_rows(path, "test")
+
+
 def test_read_conversations_rejects_rows_without_prompt(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"text": "no prompt"}) + "\n")

@@ -76,8 +76,8 @@ def test_sampling_walk_follows_accepted_children():
     probs[0, 0, 1] = 1.0  # root surely accepts node 1 (token 1)
     probs[0, 1, 3] = 1.0  # node 1 surely accepts node 3 (token 3)
     probs[0, 3, 4] = 1.0  # after the leaf: token 4
-    verdict = verify_sampling(tree, probs)
+    verdict = verify_sampling(tree, probs.log())  # scores: the distribution is their softmax
     assert verdict.path.tolist() == [[0, 1, 3]] and verdict.next_tokens.tolist() == [4]
     probs[0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])  # both children impossible: residual gives 4
-    verdict = verify_sampling(tree, probs)
+    verdict = verify_sampling(tree, probs.log())
     assert verdict.path.tolist() == [[0]] and verdict.next_tokens.tolist() == [4]

@@ -1,9 +1,13 @@
 """Calibrate the lookup drafts' acceptance estimates (hf_specdec.lookup) on the target's own answers to
-training-pool prompts held out from head training, and print the reliability table (predicted vs observed);
-with --head, the same table for the shipped head's path probabilities, the other estimate on the scale.
+training-pool prompts held out from head training (the 'calibration' split of training/held_out_pool.json), and
+print the reliability table (predicted vs observed); with --head, the same for the shipped head's path
+probabilities, the other estimate on the scale, and the monotone map that calibrates them
+(tree/sizing.py: EstimateCalibration), checked on the half of the prompts it was not fitted on.
 
-    hf-specdec calibrate-lookup --prompts ../shared/data/train_prompts.jsonl --skip-per-source 800 --per-source 6 --head
+    hf-specdec calibrate-lookup --prompts ../shared/data/train_prompts.jsonl --head
     hf-specdec calibrate-lookup ... --temperature 1        (sampling: the rates LOOKUP_CALIBRATION_SAMPLING holds)
+    hf-specdec calibrate-lookup ... --head --save-head-calibration hf_specdec/pretrained/smollm2-135m-instruct-fspad
+        (the map, fitted on all prompts, into that head's generation_config.json for greedy or for sampling)
 
 Teacher-forced: at every answer position the committed text is the prompt plus the answer so far, the lookup
 trie is built as decoding builds it, and a node is scored against the answer's continuation. Greedy (the
@@ -27,19 +31,15 @@ from pathlib import Path
 import torch
 
 from ..lookup import LOOKUP_CALIBRATION, SuffixIndex, lookup_trie
+from ..training.held_out import held_out_rows
+from ..tree import EstimateCalibration
 
 BINS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
 
 
-def held_out_prompts(path, skip_per_source: int, per_source: int) -> list[str]:
-    """Rows skip+1 .. skip+per_source of each source of a prompt pool (training took the first rows)."""
-    seen, out = defaultdict(int), []
-    for line in open(path, encoding="utf-8"):  # not str.splitlines: prompts may hold U+2028
-        row = json.loads(line)
-        seen[row["source"]] += 1
-        if skip_per_source < seen[row["source"]] <= skip_per_source + per_source and len(row["prompt"]) < 4000:
-            out.append(row["prompt"])
-    return out
+def held_out_prompts(path) -> list[str]:
+    """The calibration split of the held-out pool prompts (training/held_out.py)."""
+    return [row["prompt"] for row in held_out_rows(path, "calibration")]
 
 
 def node_records(sequence: list[int], answer_start: int, depth: int, max_matches: int,
@@ -106,10 +106,17 @@ def reliability(records, calibration, sampled: bool = False) -> list[dict]:
     return binned((est, acc) for est, acc in pairs if acc is not None)
 
 
+# The fixed tree the head's nodes are recorded in: the deepest and largest the cost sizing grows
+# (strategies/fspad.py: AUTO_MAX_DEPTH, AUTO_MAX_NODES), so every node it may verify is represented.
+HEAD_RECORD_TREE = dict(tree_top_k=4, tree_depth=6, tree_total_tokens=32)
+
+
 def head_records(target, head, ids, max_new_tokens: int, temperature: float = 0.0) -> list[tuple[float, bool]]:
-    """(estimate, accepted) for every head node verified while `strategy="fspad"` (fixed tree 4,4,16, no
-    lookup) answers, greedily or sampling at `temperature`: the head's estimates are its path probabilities, and
-    a node is accepted iff it lies on the accepted path (a draw under sampling, whose mean is P(accepted))."""
+    """(estimate, accepted) for every head node verified while `strategy="fspad"` (fixed tree HEAD_RECORD_TREE,
+    no lookup) answers, greedily or sampling at `temperature`: the head's estimates are its raw path
+    probabilities, and a node is accepted iff it lies on the accepted path (a draw under sampling, whose mean is
+    P(accepted): recursive rejection over deterministic drafts accepts a child with the target's probability
+    of its token, whatever the tree's shape)."""
     import hf_specdec.strategies.fspad as fspad_module
 
     records = []
@@ -126,10 +133,36 @@ def head_records(target, head, ids, max_new_tokens: int, temperature: float = 0.
     setattr(fspad_module, rule, recording)
     try:
         target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=max_new_tokens,
-                        tree_top_k=4, tree_depth=4, tree_total_tokens=16, lookup_tokens=0, **sampling)
+                        lookup_tokens=0, estimate_calibration=False, **HEAD_RECORD_TREE, **sampling)
     finally:
         setattr(fspad_module, rule, real)
     return records
+
+
+def head_calibration_report(per_prompt: list[list[tuple[float, bool]]]) -> dict:
+    """The map fitted on all prompts, and an honest check of it: fitted on the even prompts, the reliability of
+    the odd prompts' calibrated estimates (and the other way round)."""
+    def fit(groups):
+        pairs = [p for g in groups for p in g]
+        return EstimateCalibration.fit([e for e, _ in pairs], [float(a) for _, a in pairs])
+
+    folds = [per_prompt[0::2], per_prompt[1::2]]
+    checked = []
+    for fitted_on, checked_on in (folds, folds[::-1]):
+        calibration = fit(fitted_on)
+        pairs = [p for g in checked_on for p in g]
+        mapped = calibration(torch.tensor([e for e, _ in pairs], dtype=torch.float64)).tolist()
+        checked += list(zip(mapped, (a for _, a in pairs)))
+    return {"calibration": fit(per_prompt).to_dict(), "held_out_reliability": binned(checked)}
+
+
+def save_head_calibration(head_dir, mode: str, calibration: dict) -> Path:
+    """Store a fitted map in a head folder's generation_config.json as estimate_calibration[mode]."""
+    path = Path(head_dir) / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    config.setdefault("estimate_calibration", {})[mode] = calibration
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def binned(pairs) -> list[dict]:
@@ -147,14 +180,14 @@ def binned(pairs) -> list[dict]:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="hf-specdec calibrate-lookup", description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", required=True, help="the training prompt pool (JSONL with source, prompt)")
-    ap.add_argument("--skip-per-source", type=int, default=800, help="rows of each source that training may have used")
-    ap.add_argument("--per-source", type=int, default=6)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--max-matches", type=int, default=8)
     ap.add_argument("--head", action="store_true", help="also the shipped head's estimates, from real decoding")
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="0: greedy answers and acceptance; T > 0: answers sampled at T, acceptance p_T (docstring)")
+    ap.add_argument("--save-head-calibration", metavar="HEAD_DIR", default=None,
+                    help="with --head: write the fitted map into HEAD_DIR/generation_config.json (greedy, or sampling with --temperature)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_results/lookup_calibration.json")
     args = ap.parse_args(argv)
@@ -166,7 +199,9 @@ def main(argv=None):
     target, tok = default_target()
     head = default_draft(target, tok) if args.head else None
     records, head_pairs = [], []
-    prompts = held_out_prompts(args.prompts, args.skip_per_source, args.per_source)
+    if args.save_head_calibration and not args.head:
+        ap.error("--save-head-calibration needs --head")
+    prompts = held_out_prompts(args.prompts)
     for prompt_i, prompt in enumerate(tqdm(prompts, desc="answers")):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)["input_ids"]
@@ -181,7 +216,7 @@ def main(argv=None):
                 out = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
         node_records(out[0].tolist(), ids.shape[1], args.depth, args.max_matches, records, probs)
         if head is not None:
-            head_pairs += head_records(target, head, ids, args.max_new_tokens, args.temperature)
+            head_pairs.append(head_records(target, head, ids, args.max_new_tokens, args.temperature))
     fitted = fit(records)
     table = reliability(records, fitted, sampled=args.temperature > 0)
     print(f"{len(prompts)} held-out pool prompts, {len(records)} lookup nodes")
@@ -189,13 +224,24 @@ def main(argv=None):
     print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
     for r in table:
         print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
-    head_table = binned(head_pairs) if head is not None else None
-    if head_table:
-        print(f"\nthe shipped head's path probabilities (fixed tree 4,4,16, {len(head_pairs)} verified nodes):")
+    head_table = head_report = None
+    if head is not None:
+        head_table = binned(p for g in head_pairs for p in g)
+        head_report = head_calibration_report(head_pairs)
+        shape = ",".join(str(v) for v in HEAD_RECORD_TREE.values())
+        print(f"\nthe shipped head's raw path probabilities (fixed tree {shape}, {sum(map(len, head_pairs))} verified nodes):")
         print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
         for r in head_table:
             print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
+        print("\nfitted map (x -> y):", head_report["calibration"])
+        print("calibrated by the map fitted on the other half of the prompts:")
+        print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
+        for r in head_report["held_out_reliability"]:
+            print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
+        if args.save_head_calibration:
+            mode = "sampling" if args.temperature > 0 else "greedy"
+            print("wrote", save_head_calibration(args.save_head_calibration, mode, head_report["calibration"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": vars(args), "fitted": fitted, "reliability": table,
-                                          "head_reliability": head_table}, indent=1))
+                                          "head_reliability": head_table, "head_calibration": head_report}, indent=1))
     return 0

@@ -90,7 +90,7 @@ def parse_method(name: str) -> tuple[str, dict]:
     or a multi-draft rule on a tree of sampled children: 'spechub@N', 'rrs@N', 'rrsw@N' (N tree tokens, root
     included; two children per node, the depth of the smallest full binary tree holding N), or '...@N,W' with
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
-    '/choose' (lookup_mode="choose")."""
+    '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities)."""
     name, *options = name.split("/")
     extra = {}
     for option in options:
@@ -98,10 +98,12 @@ def parse_method(name: str) -> tuple[str, dict]:
             raise ValueError(f"Method {name}/{option}: options after '/' follow fspad or eagle2 only.")
         if option == "choose":
             extra["lookup_mode"] = "choose"
+        elif option == "raw":
+            extra["estimate_calibration"] = False
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0) and '/choose'.")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose' and '/raw'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -122,7 +124,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N and /choose, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose and /raw, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:

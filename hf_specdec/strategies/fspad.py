@@ -9,14 +9,14 @@ recursive rejection over the deterministic children when sampling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..draft.base import DraftHead
 from ..lookup import LOOKUP_CALIBRATION, LOOKUP_CALIBRATION_SAMPLING, LookupTrie, SuffixIndex, lookup_trie
-from ..tree import CostCurve, DraftTree, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
+from ..tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..tree.sizing import batch_expansion_pays, best_batch_tree_size
 from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
@@ -66,6 +66,28 @@ class TreeShape:
         return cls(values["tree_top_k"], values["tree_depth"], values["tree_total_tokens"], lookup)
 
 
+def head_estimate_calibration(head: DraftHead, given, sampling: bool) -> EstimateCalibration | None:
+    """How the head's path probabilities map onto P(accepted) (tree/sizing.py): generate's
+    `estimate_calibration` wins (an EstimateCalibration, or False for the raw path probabilities), then the
+    head's generation_config `estimate_calibration` ({"greedy": {"x": [...], "y": [...]}, "sampling": ...},
+    written by `hf-specdec calibrate-lookup --head`), for greedy decoding or sampling; else none."""
+    if given is False:
+        return None
+    if given is not None:
+        if not isinstance(given, EstimateCalibration):
+            raise TypeError("estimate_calibration must be an hf_specdec.tree.EstimateCalibration, False (the head's "
+                            f"raw path probabilities) or None (the head's own), got {type(given).__name__}.")
+        return given
+    stored = getattr(getattr(head, "generation_config", None), "estimate_calibration", None)
+    mode = "sampling" if sampling else "greedy"
+    if not stored or mode not in stored:
+        return None
+    try:
+        return EstimateCalibration.from_dict(stored[mode])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"the head's generation_config has an unusable estimate_calibration[{mode!r}]: {err}") from None
+
+
 class TreeDrafts:
     """The tree of one cycle: `grow(committed [1, T], draft_state, cached) -> DraftTree` (the engine's callback).
 
@@ -75,9 +97,11 @@ class TreeDrafts:
     draft a cycle alone when the suffix match is long ("choose")."""
 
     def __init__(self, drafter: HeadDrafter, shape: TreeShape, curve: CostCurve | None, lookup_mode: str,
-                 draft_to_target: torch.Tensor | None, sampling: bool = False):
+                 draft_to_target: torch.Tensor | None, sampling: bool = False,
+                 head_calibration: EstimateCalibration | None = None):
         self.drafter, self.shape, self.curve, self.lookup_mode = drafter, shape, curve, lookup_mode
         self.draft_to_target = draft_to_target
+        self.head_calibration = head_calibration
         # a lookup node is accepted less often when the target samples (with its draw probability) than when it
         # takes its argmax: each has its own calibration
         self.calibration = LOOKUP_CALIBRATION_SAMPLING if sampling else LOOKUP_CALIBRATION
@@ -113,6 +137,13 @@ class TreeDrafts:
     def spent_ms(self, head_steps: int) -> float:
         return self.curve.overhead_ms + head_steps * self.curve.head_step_ms
 
+    def calibrated(self, path_probs: torch.Tensor) -> torch.Tensor:
+        """The head's path probabilities as P(accepted) estimates."""
+        return path_probs if self.head_calibration is None else self.head_calibration(path_probs)
+
+    def calibrated_tree(self, tree: DraftTree) -> DraftTree:
+        return tree if self.head_calibration is None else replace(tree, estimates=self.head_calibration(tree.estimates))
+
     def head_tree(self, root: torch.Tensor, draft_state, cached: int, trie: LookupTrie | None) -> DraftTree:
         log_probs, feature = draft_state
         should_expand = None
@@ -121,12 +152,12 @@ class TreeDrafts:
 
             def should_expand(level, candidate_scores, frontier_scores):
                 # before expansion `level`: the catch-up and level - 1 expansions are spent
-                best = candidate_scores[0].topk(min(self.total - 1, candidate_scores.shape[1])).values.exp().tolist()
-                return expansion_pays(sorted(best + lookup_best, reverse=True), frontier_scores[0].exp().tolist(),
-                                      self.curve, self.spent_ms(level))
+                best = self.calibrated(candidate_scores[0].topk(min(self.total - 1, candidate_scores.shape[1])).values.exp())
+                return expansion_pays(sorted(best.tolist() + lookup_best, reverse=True),
+                                      self.calibrated(frontier_scores[0].exp()).tolist(), self.curve, self.spent_ms(level))
 
-        return grow_tree(self.drafter.expand(cached), root, log_probs, feature, self.shape.top_k, self.depth,
-                         self.total, self.draft_to_target, should_expand)
+        return self.calibrated_tree(grow_tree(self.drafter.expand(cached), root, log_probs, feature, self.shape.top_k,
+                                              self.depth, self.total, self.draft_to_target, should_expand))
 
 
 class BatchTreeDrafts:
@@ -164,14 +195,14 @@ class BatchTreeDrafts:
 
             def should_expand(level, candidate_scores, frontier_scores):
                 keep = min(d.total - 1, candidate_scores.shape[1])
-                best = candidate_scores.topk(keep).values.exp().tolist()
+                best = d.calibrated(candidate_scores.topk(keep).values.exp()).tolist()
                 rows = [sorted(b + extra, reverse=True) for b, extra in zip(best, lookup_best)]
-                return batch_expansion_pays(rows, frontier_scores.exp().tolist(), d.curve, self.spent_ms(level, B),
-                                            self.head_step_ms(B))
+                return batch_expansion_pays(rows, d.calibrated(frontier_scores.exp()).tolist(), d.curve,
+                                            self.spent_ms(level, B), self.head_step_ms(B))
 
         roots = torch.cat([c[:, -1] for c in committed])
-        tree = grow_tree(d.drafter.expand(slots), roots, log_probs, feature, d.shape.top_k, d.depth, d.total,
-                         d.draft_to_target, should_expand)
+        tree = d.calibrated_tree(grow_tree(d.drafter.expand(slots), roots, log_probs, feature, d.shape.top_k, d.depth,
+                                           d.total, d.draft_to_target, should_expand))
         trees = [tree.row(b) for b in range(B)]
         trees = [d.graft(t, trie) if trie is not None else t for t, trie in zip(trees, tries)]
         if d.curve is None:
@@ -197,6 +228,7 @@ def fspad_generate(
     tree_total_tokens: int | None = None,
     lookup_tokens: int | None = None,
     cost_curve: CostCurve | None = None,
+    estimate_calibration: EstimateCalibration | bool | None = None,
     lookup_mode: str = "merge",
     synced_gpus: bool = False,
     **model_kwargs,
@@ -206,7 +238,9 @@ def fspad_generate(
     draft_model=head)`. `lookup_tokens`: the most nodes that lookup drafts (continuations copied from the
     prompt and the output so far) add to each cycle's tree; 0 turns them off. `lookup_mode`: "merge" (lookup
     and head nodes in one tree) or "choose" (a long suffix match drafts the cycle alone, without head steps;
-    else the head alone), kept for the comparison in the README.
+    else the head alone), kept for the comparison in the README. `estimate_calibration`: how the head's path
+    probabilities map onto P(accepted) for the sizing and against lookup nodes (`head_estimate_calibration`;
+    default: the head's own, if its generation_config has one; False: the raw path probabilities).
 
     Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
     (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
@@ -242,11 +276,13 @@ def fspad_generate(
         raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
-    grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=generation_config.do_sample)
+    sampling = bool(generation_config.do_sample)
+    grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=sampling,
+                      head_calibration=head_estimate_calibration(head, estimate_calibration, sampling))
 
     def verify(tree, scores):
         if generation_config.do_sample:
-            return verify_sampling(tree, scores.softmax(-1))
+            return verify_sampling(tree, scores)
         return verify_greedy(tree, scores)
 
     if batched:

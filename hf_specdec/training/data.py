@@ -17,6 +17,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .held_out import is_held_out
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -27,8 +32,9 @@ class Conversation:
 
 
 def read_conversations(path, limit: int | None = None) -> list[Conversation]:
-    """Read a prompts JSONL (either form above). Rows without a usable prompt raise with their line number."""
-    rows = []
+    """Read a prompts JSONL (either form above). Rows without a usable prompt raise with their line number.
+    Rows holding a held-out pool prompt (training/held_out.py) are left out, and how many is logged."""
+    rows, held_out = [], 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -46,9 +52,15 @@ def read_conversations(path, limit: int | None = None) -> list[Conversation]:
                 raise ValueError(f"{path}:{line_no}: a row needs a 'prompt' or a 'messages' field; it has {sorted(row)}.")
             if not messages or messages[-1].get("role") != "user":
                 raise ValueError(f"{path}:{line_no}: the prompt turns must end with a user turn.")
+            if is_held_out(messages):
+                held_out += 1
+                continue
             rows.append(Conversation(str(row.get("id", line_no - 1)), messages, reference))
             if limit is not None and len(rows) >= limit:
                 break
+    if held_out:
+        logger.warning(f"hf_specdec: left out {held_out} rows of {path} that hold prompts kept for tuning "
+                       "(hf_specdec/training/held_out_pool.json)")
     return rows
 
 

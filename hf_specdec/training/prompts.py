@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from .data import read_conversations, read_samples
+from .held_out import is_held_out
 
 LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish"}
 # Phrasings of the request, WMT14-style prompts among them.
@@ -117,6 +118,11 @@ def _read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _read_pool(path) -> list[dict]:
+    """Pool rows ({id, source, prompt, ...}) without the held-out ones (training/held_out.py)."""
+    return [row for row in _read_jsonl(path) if not is_held_out([{"role": "user", "content": row.get("prompt", "")}])]
+
+
 def _write_jsonl(rows: list[dict], path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -150,7 +156,7 @@ def main(argv=None):
         unknown = sorted({lang for pair in pairs for lang in pair} - set(LANGUAGES))
         if unknown or any(len(pair) != 2 for pair in pairs):
             p.error(f"--pairs are src-tgt codes of {', '.join(LANGUAGES)}; got {' '.join(args.pairs)}")
-        rows = translation_rows(_read_jsonl(args.pool), pairs, args.limit or 10**9, args.seed)
+        rows = translation_rows(_read_pool(args.pool), pairs, args.limit or 10**9, args.seed)
     else:
         if not (args.prompts and args.answers):
             p.error(f"{args.kind} needs --prompts and --answers")

@@ -10,12 +10,18 @@ node estimates and a cost curve in, a size or a decision out.
     expand again iff some N gives (1 + sum_{i < N} e_(i) + F) / (fixed_ms + h + c(N + k)) > rate(N*),
     F the frontier's estimate mass, k its size, h one head step
 (a child is accepted only with its parent, so the next level adds at most the frontier's estimate mass).
+
+The head's estimates are its path probabilities, which need not be calibrated (soft-label training leaves them
+under-confident at greedy, over-confident at T=1): `EstimateCalibration` maps them onto observed acceptance
+before they meet the cost curve or the lookup nodes' estimates.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import asdict, dataclass
+
+import torch
 
 from .structure import DraftTree
 
@@ -46,6 +52,63 @@ class CostCurve:
     @classmethod
     def from_dict(cls, d: dict) -> "CostCurve":
         return cls(tuple(d["sizes"]), tuple(d["verify_ms"]), float(d["head_step_ms"]), float(d.get("overhead_ms", 0)))
+
+
+@dataclass(frozen=True)
+class EstimateCalibration:
+    """A monotone map from raw P(accepted) estimates e to calibrated ones: linear between knots (x_i, y_i),
+    both non-decreasing, x from 0 to 1, y from 0 within [0, 1]. Monotone, so a node's calibrated estimate still never exceeds
+    its parent's, and the head's own order of its nodes is unchanged; only the sizing and the competition
+    with lookup nodes see other numbers."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def __post_init__(self):
+        x, y = self.x, self.y
+        if (len(x) != len(y) or len(x) < 2 or (x[0], y[0], x[-1]) != (0.0, 0.0, 1.0) or y[-1] > 1.0
+                or any(b < a for a, b in zip(x, x[1:])) or any(b < a for a, b in zip(y, y[1:]))):
+            raise ValueError("an estimate calibration needs knots x, y of one length, both non-decreasing, x from 0 "
+                             f"to 1, y from 0 to at most 1; got x={list(x)}, y={list(y)}")
+
+    def __call__(self, estimates: torch.Tensor) -> torch.Tensor:
+        x = torch.tensor(self.x, dtype=estimates.dtype, device=estimates.device)
+        y = torch.tensor(self.y, dtype=estimates.dtype, device=estimates.device)
+        e = estimates.clamp(0.0, 1.0)
+        hi = torch.searchsorted(x, e, right=True).clamp(1, len(self.x) - 1)
+        x0, x1, y0, y1 = x[hi - 1], x[hi], y[hi - 1], y[hi]
+        return y0 + (y1 - y0) * ((e - x0) / (x1 - x0).clamp_min(1e-12))
+
+    @classmethod
+    def fit(cls, predicted: list[float], accepted: list[float], edges=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                                      0.8, 0.9, 1.0)) -> "EstimateCalibration":
+        """Knots at each bin's mean prediction, valued at the observed acceptance share there, made monotone by
+        pooling adjacent violators (isotonic regression weighted by the bins' node counts); (0, 0) below them,
+        flat above them up to x = 1."""
+        sums = [[0, 0.0, 0.0] for _ in edges[1:]]  # nodes, sum predicted, sum accepted
+        for e, a in zip(predicted, accepted):
+            row = sums[min(max(bisect.bisect_right(edges, e) - 1, 0), len(sums) - 1)]
+            row[0], row[1], row[2] = row[0] + 1, row[1] + e, row[2] + a
+        bins = [(s / n, o / n, n) for n, s, o in sums if n]
+        blocks: list[list[float]] = []  # pooled runs: [observed, weight, bins]
+        for _, observed, n in bins:
+            blocks.append([observed, n, 1])
+            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+                o2, w2, k2 = blocks.pop()
+                o1, w1, k1 = blocks.pop()
+                blocks.append([(o1 * w1 + o2 * w2) / (w1 + w2), w1 + w2, k1 + k2])
+        ys = [o for o, _, k in blocks for _ in range(k)]
+        xs = [mean for mean, _, _ in bins]
+        keep = [i for i in range(len(xs)) if 0.0 < xs[i] < 1.0]
+        ys = [round(min(max(ys[i], 0.0), 1.0), 4) for i in keep]
+        return cls((0.0, *(round(xs[i], 4) for i in keep), 1.0), (0.0, *ys, ys[-1] if ys else 1.0))
+
+    def to_dict(self) -> dict:
+        return {"x": list(self.x), "y": list(self.y)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EstimateCalibration":
+        return cls(tuple(map(float, d["x"])), tuple(map(float, d["y"])))
 
 
 def best_tree_size(estimates_desc: list[float], curve: CostCurve, fixed_ms: float) -> tuple[int, float]:
