@@ -39,8 +39,9 @@ def _load(name: str, target, tokenizer, dtype):
 def default_draft(target=None, tokenizer=None, dtype: torch.dtype | None = None):
     """The trained FSPAD head for the default target (SmolLM2-135M-Instruct), attached to `target` if given.
 
-    Its generation_config.json carries the tree shape tuned for a 2-core CPU; `generate` uses it unless
-    tree_top_k / tree_depth / tree_total_tokens are passed."""
+    Its generation_config.json carries a fixed tree shape tuned for a 2-core CPU: generate's trees are sized by
+    the machine's costs (with that shape's top-k) unless tree_top_k / tree_depth / tree_total_tokens are passed,
+    and the shape fills in whichever of them is missing."""
     return _load(DEFAULT_DRAFT, target, tokenizer, dtype)
 
 

@@ -2,6 +2,8 @@
 changes the output (float32 greedy identical to stock under several cost curves; a curve under which drafting
 never pays degrades every cycle to a plain decoding step)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -173,3 +175,56 @@ def test_head_calibration_report_checks_each_half_with_the_other_halfs_map():
     assert c(torch.tensor([0.6])).item() == pytest.approx(0.3, abs=0.04)
     for row in report["held_out_reliability"]:
         assert row["observed"] == pytest.approx(row["predicted"], abs=0.06)
+
+
+# --- the cost curve at each cycle's own context ---
+
+TWO_CONTEXTS = CostCurve((1, 8, 16), (20.0, 22.0, 24.0), head_step_ms=2.0, overhead_ms=1.0, context=256,
+                         long_context=1024, long_verify_ms=(28.0, 34.0, 40.0), long_head_step_ms=3.0)
+
+
+def test_cost_curve_at_a_context_interpolates_between_the_measured_ones():
+    mid = TWO_CONTEXTS.at(640)  # halfway from 256 to 1024
+    assert mid.verify_ms == pytest.approx((24.0, 28.0, 32.0)) and mid.head_step_ms == pytest.approx(2.5)
+    assert mid.overhead_ms == 1.0 and not mid.long_verify_ms  # a plain curve for one cycle
+    assert TWO_CONTEXTS.at(256).verify_ms == pytest.approx(TWO_CONTEXTS.verify_ms)
+    assert TWO_CONTEXTS.at(1792).verify_ms == pytest.approx((36.0, 46.0, 56.0))  # beyond: the same slope in L
+    assert TWO_CONTEXTS.at(0).verify_ms == pytest.approx((20 - 8 / 3, 22 - 4, 24 - 16 / 3))
+    assert min(TWO_CONTEXTS.at(-10**6).verify_ms) >= 2.0  # never below a tenth of the measured cost
+    crossing = CostCurve((1, 2), (10.0, 11.0), 1.0, 0.0, 256, 1024, (20.0, 11.0), 1.0)  # noisy long row
+    assert crossing.at(1024).verify_ms == (20.0, 20.0)  # kept non-decreasing in n
+    assert CostCurve.from_dict(TWO_CONTEXTS.to_dict()) == TWO_CONTEXTS
+    assert SMOLLM_LIKE.at(5000) is SMOLLM_LIKE  # one context measured (or an old cached curve): as it is
+
+
+def test_a_longer_context_changes_the_size_chosen_but_not_the_output():
+    # at 256 cached tokens, 16 tree tokens cost 1.2x one; far into a long context, they cost 10x: verify 1
+    steep_when_long = CostCurve((1, 16), (20.0, 24.0), head_step_ms=1.0, context=256, long_context=1024,
+                                long_verify_ms=(20.0, 200.0), long_head_step_ms=1.0)
+    assert best_tree_size([0.5] * 15, steep_when_long.at(256), 1.0)[0] == 16
+    assert best_tree_size([0.5] * 15, steep_when_long.at(4000), 1.0)[0] == 1
+    target = tiny_target(seed=5)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    ref = target.generate(ids, max_new_tokens=20, do_sample=False)
+    head = oracle_head(target, ref, accuracy=0.8)
+    for curve in (steep_when_long, dataclasses.replace(steep_when_long, context=0, long_context=4)):
+        out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=20, cost_curve=curve,
+                              lookup_tokens=0, return_dict_in_generate=True)
+        assert torch.equal(out.sequences, ref)
+    # the second curve is past its long context from the first cycle: plain decoding steps
+    assert set(out.spec_stats.accepted_lengths) == {1}
+
+
+def test_measure_costs_times_two_contexts_within_the_models_positions():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_specdec.strategies.calibration import measure_costs
+
+    target = tiny_target(seed=6)
+    curve = measure_costs(target, FSPADDraftModel.from_target(target), sizes=(1, 4), prefix=16, rounds=1, long_prefix=64)
+    assert (curve.context, curve.long_context) == (16, 64) and len(curve.long_verify_ms) == 2
+    assert all(b >= a for a, b in zip(curve.verify_ms, curve.long_verify_ms)) and curve.long_head_step_ms >= curve.head_step_ms
+    short = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=40)).eval()
+    curve = measure_costs(short, FSPADDraftModel.from_target(short), sizes=(1, 4), prefix=16, rounds=1, long_prefix=64)
+    assert curve.long_context == 36  # 40 positions, 4 tree tokens

@@ -155,8 +155,12 @@ def calibrate_main(argv=None):
           f"cached as {cache_dir() / 'costs' / (cost_key(model, head) + '.json')}")
     print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
     print("|---" * (len(curve.sizes) + 1) + "|")
-    print("| verify ms | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
-    print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms; engine overhead assumed {curve.overhead_ms:.1f} ms")
+    print(f"| verify ms after {curve.context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
+    if curve.long_verify_ms:
+        print(f"| verify ms after {curve.long_context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.long_verify_ms) + " |")
+    print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms"
+          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else "")
+          + f"; engine overhead assumed {curve.overhead_ms:.1f} ms")
     return 0
 
 

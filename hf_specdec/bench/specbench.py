@@ -19,6 +19,7 @@ all methods alike. Writes JSON (all per-answer records) and a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ..strategies.calibration import cost_curve_for
 from ..strategies.spechub import full_tree_size
 
 DEV_QUESTIONS = Path(__file__).resolve().parent / "data" / "spec_bench_dev.jsonl"  # shipped (data/README.md)
@@ -90,7 +92,8 @@ def parse_method(name: str) -> tuple[str, dict]:
     or a multi-draft rule on a tree of sampled children: 'spechub@N', 'rrs@N', 'rrsw@N' (N tree tokens, root
     included; two children per node, the depth of the smallest full binary tree holding N), or '...@N,W' with
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
-    '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities)."""
+    '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
+    '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens)."""
     name, *options = name.split("/")
     extra = {}
     for option in options:
@@ -100,10 +103,12 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["lookup_mode"] = "choose"
         elif option == "raw":
             extra["estimate_calibration"] = False
+        elif option == "context-free":
+            extra["context_free_costs"] = True
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose' and '/raw'.")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw' and '/context-free'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -124,7 +129,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose and /raw, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw and /context-free, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -165,8 +170,12 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
             torch.manual_seed(seed + question["question_id"] * 7 + turn_i)
         counter.count = 0
         start = time.perf_counter()
+        kwargs = method_kwargs(name, heads, pld_tokens)
+        if kwargs.pop("context_free_costs", False):
+            curve = cost_curve_for(target, kwargs["assistant_model"])
+            kwargs["cost_curve"] = dataclasses.replace(curve, long_context=0, long_verify_ms=(), long_head_step_ms=0.0)
         out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                              **sampling, **method_kwargs(name, heads, pld_tokens))
+                              **sampling, **kwargs)
         elapsed = time.perf_counter() - start
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences[0, ids.shape[1]:].tolist(), counter.count, elapsed

@@ -4,8 +4,9 @@ threads) in a few seconds, cached on disk, refreshable.
     hf-specdec calibrate [--model ...] [--refresh]      # measure (or show the cached curve): bench/costs.py
 
 Measured: one target forward over N tree tokens after a 256-token prefix, for N in VERIFY_SIZES, and one head
-expansion step of 4 nodes; medians of interleaved rounds. The engine's own host work per cycle is not in
-them; OVERHEAD_MS stands for it (`hf-specdec overhead` measures it).
+expansion step of 4 nodes; medians of interleaved rounds; then the same after a 1,024-token prefix, so the
+sizing sees each cycle's own context (CostCurve.at). The engine's own host work per cycle is not in them;
+OVERHEAD_MS stands for it (`hf-specdec overhead` measures it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 VERIFY_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48)
 PREFIX = 256
+LONG_PREFIX = 1024  # a cycle deep in a long prompt (summarization, RAG) attends to ~1k cached tokens
 ROUNDS = 5
 OVERHEAD_MS = 2.0  # host time of one cycle beyond forwards and head steps (order of `hf-specdec overhead`, CPU)
 
@@ -39,7 +41,8 @@ _MEASURING = threading.Lock()
 
 def cost_key(model, head) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
-    parts = [model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
+    parts = ["curve format 2: two contexts",
+             model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -56,8 +59,23 @@ def _timed(fn) -> float:
 
 
 @torch.no_grad()
-def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds: int = ROUNDS) -> CostCurve:
-    """Time verification forwards and a head step on random tokens (costs do not depend on the text)."""
+def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds: int = ROUNDS,
+                  long_prefix: int | None = LONG_PREFIX) -> CostCurve:
+    """Time verification forwards and a head step on random tokens (costs do not depend on the text), after
+    `prefix` cached tokens and, unless `long_prefix` is None, after that many too."""
+    verify_ms, head_ms = _measure_at(model, head, sizes, prefix, rounds)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if long_prefix is not None and limit is not None:  # a model with fewer positions gets what fits
+        long_prefix = min(long_prefix, limit - max(sizes))
+    if long_prefix is None or long_prefix <= prefix:
+        return CostCurve(tuple(sizes), tuple(verify_ms), head_ms, OVERHEAD_MS, prefix)
+    long_ms, long_head_ms = _measure_at(model, head, sizes, long_prefix, rounds)
+    long_ms = [max(a, b) for a, b in zip(verify_ms, long_ms)]  # more context never costs less (noise aside)
+    return CostCurve(tuple(sizes), tuple(verify_ms), head_ms, OVERHEAD_MS, prefix, long_prefix, tuple(long_ms),
+                     max(head_ms, long_head_ms))
+
+
+def _measure_at(model, head, sizes, prefix: int, rounds: int) -> tuple[list[float], float]:
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(0)).to(model.device)
     cache = DynamicCache(config=model.config)
@@ -95,7 +113,7 @@ def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds:
     verify_ms = [statistics.median(samples[n]) for n in sizes]
     for i in range(1, len(verify_ms)):  # a larger tree never costs less (timing noise aside)
         verify_ms[i] = max(verify_ms[i], verify_ms[i - 1])
-    return CostCurve(tuple(sizes), tuple(verify_ms), statistics.median(samples["head"]), OVERHEAD_MS)
+    return verify_ms, statistics.median(samples["head"])
 
 
 def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:

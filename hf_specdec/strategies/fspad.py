@@ -121,8 +121,9 @@ class TreeDrafts:
         if self.curve is None:
             return tree
         # the catch-up and this cycle's expansions are spent; verify the size that pays best
-        spent = self.spent_ms(1 + self.drafter.stats.draft_forwards - steps_before)
-        keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), self.curve, spent)
+        curve = self.curve.at(cached)
+        spent = self.spent_ms(1 + self.drafter.stats.draft_forwards - steps_before, curve)
+        keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve, spent)
         return prune_tree(tree, keep)
 
     def lookup(self, committed: torch.Tensor, index: SuffixIndex | None = None) -> LookupTrie:
@@ -134,8 +135,9 @@ class TreeDrafts:
     def graft(self, tree: DraftTree, trie: LookupTrie) -> DraftTree:
         return graft(tree, trie.tokens, trie.parents, trie.estimates, self.shape.lookup_tokens)
 
-    def spent_ms(self, head_steps: int) -> float:
-        return self.curve.overhead_ms + head_steps * self.curve.head_step_ms
+    def spent_ms(self, head_steps: int, curve: CostCurve | None = None) -> float:
+        curve = self.curve if curve is None else curve
+        return curve.overhead_ms + head_steps * curve.head_step_ms
 
     def calibrated(self, path_probs: torch.Tensor) -> torch.Tensor:
         """The head's path probabilities as P(accepted) estimates."""
@@ -149,12 +151,14 @@ class TreeDrafts:
         should_expand = None
         if self.curve is not None:
             lookup_best = sorted(trie.estimates, reverse=True)[: self.shape.lookup_tokens] if trie else []
+            curve = self.curve.at(cached)
 
             def should_expand(level, candidate_scores, frontier_scores):
                 # before expansion `level`: the catch-up and level - 1 expansions are spent
                 best = self.calibrated(candidate_scores[0].topk(min(self.total - 1, candidate_scores.shape[1])).values.exp())
                 return expansion_pays(sorted(best.tolist() + lookup_best, reverse=True),
-                                      self.calibrated(frontier_scores[0].exp()).tolist(), self.curve, self.spent_ms(level))
+                                      self.calibrated(frontier_scores[0].exp()).tolist(), curve,
+                                      self.spent_ms(level, curve))
 
         return self.calibrated_tree(grow_tree(self.drafter.expand(cached), root, log_probs, feature, self.shape.top_k,
                                               self.depth, self.total, self.draft_to_target, should_expand))
@@ -173,15 +177,15 @@ class BatchTreeDrafts:
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.indexes = [self.indexes[i] for i in rows.tolist()]
 
-    def head_step_ms(self, batch_size: int) -> float:
-        """A head step over B rows costs what the target's curve says B times the tokens cost, relative to one
-        row."""
-        curve, k = self.drafts.curve, self.drafts.shape.top_k
+    @staticmethod
+    def head_step_ms(curve: CostCurve, batch_size: int, k: int) -> float:
+        """A head step over B rows of k nodes costs what the target's curve says B times the tokens cost,
+        relative to one row."""
         return curve.head_step_ms * curve.verify(batch_size * k) / curve.verify(k)
 
-    def spent_ms(self, head_steps: int, batch_size: int) -> float:
+    def spent_ms(self, curve: CostCurve, head_steps: int, batch_size: int) -> float:
         """Host work grows with the rows (each is verified and emitted alone), head steps with the batch."""
-        return batch_size * self.drafts.curve.overhead_ms + head_steps * self.head_step_ms(batch_size)
+        return batch_size * curve.overhead_ms + head_steps * self.head_step_ms(curve, batch_size, self.drafts.shape.top_k)
 
     def __call__(self, committed: list[torch.Tensor], draft_state, slots) -> list[DraftTree]:
         d = self.drafts
@@ -189,27 +193,29 @@ class BatchTreeDrafts:
         tries = [d.lookup(c, index) for c, index in zip(committed, self.indexes)] if d.shape.lookup_tokens else [None] * B
         steps_before = d.drafter.stats.draft_forwards
         log_probs, feature = draft_state
-        should_expand = None
+        should_expand = curve = None
         if d.curve is not None:
+            # the batch's forward spans its longest row's context
+            curve = d.curve.at(max(c.shape[1] for c in committed))
             lookup_best = [sorted(t.estimates, reverse=True)[: d.shape.lookup_tokens] if t else [] for t in tries]
 
             def should_expand(level, candidate_scores, frontier_scores):
                 keep = min(d.total - 1, candidate_scores.shape[1])
                 best = d.calibrated(candidate_scores.topk(keep).values.exp()).tolist()
                 rows = [sorted(b + extra, reverse=True) for b, extra in zip(best, lookup_best)]
-                return batch_expansion_pays(rows, d.calibrated(frontier_scores.exp()).tolist(), d.curve,
-                                            self.spent_ms(level, B), self.head_step_ms(B))
+                return batch_expansion_pays(rows, d.calibrated(frontier_scores.exp()).tolist(), curve,
+                                            self.spent_ms(curve, level, B), self.head_step_ms(curve, B, d.shape.top_k))
 
         roots = torch.cat([c[:, -1] for c in committed])
         tree = d.calibrated_tree(grow_tree(d.drafter.expand(slots), roots, log_probs, feature, d.shape.top_k, d.depth,
                                            d.total, d.draft_to_target, should_expand))
         trees = [tree.row(b) for b in range(B)]
         trees = [d.graft(t, trie) if trie is not None else t for t, trie in zip(trees, tries)]
-        if d.curve is None:
+        if curve is None:
             return trees
-        spent = self.spent_ms(1 + d.drafter.stats.draft_forwards - steps_before, B)
+        spent = self.spent_ms(curve, 1 + d.drafter.stats.draft_forwards - steps_before, B)
         rows = [sorted(t.estimates[0, 1:].tolist(), reverse=True) for t in trees]
-        keep, _ = best_batch_tree_size(rows, d.curve, spent)
+        keep, _ = best_batch_tree_size(rows, curve, spent)
         return [prune_tree(t, keep) for t in trees]
 
 

@@ -29,13 +29,20 @@ from .structure import DraftTree
 @dataclass(frozen=True)
 class CostCurve:
     """Measured costs for one (target, head, device, dtype, threads): `verify_ms[i]` for a forward over
-    `sizes[i]` tree tokens (sizes ascending, starting at 1), `head_step_ms` for one head step, `overhead_ms`
-    for the host work of one cycle outside the two."""
+    `sizes[i]` tree tokens (sizes ascending, starting at 1) after `context` cached tokens, `head_step_ms` for
+    one head step there, `overhead_ms` for the host work of one cycle outside the two. With the same measured
+    after `long_context` cached tokens (`long_verify_ms`, `long_head_step_ms`), `at(L)` gives the curve for a
+    cycle after L cached tokens: every tree token attends to the whole prefix, so both the level of c and its
+    slope per tree token grow with L."""
 
     sizes: tuple[int, ...]
     verify_ms: tuple[float, ...]
     head_step_ms: float
     overhead_ms: float = 0.0
+    context: int = 0
+    long_context: int = 0
+    long_verify_ms: tuple[float, ...] = ()
+    long_head_step_ms: float = 0.0
 
     def verify(self, n: int) -> float:
         """c(n), linear between measured sizes and beyond the last two."""
@@ -46,12 +53,29 @@ class CostCurve:
         lo, hi = i - 1, i
         return ms[lo] + (ms[hi] - ms[lo]) * (n - sizes[lo]) / (sizes[hi] - sizes[lo])
 
+    def at(self, cached: int) -> "CostCurve":
+        """The curve after `cached` tokens: linear in L between the two measured contexts and beyond them (not
+        below a tenth of the measured cost), kept non-decreasing in n; itself where only one was measured."""
+        if not self.long_verify_ms:
+            return self
+        t = (max(cached, 0) - self.context) / (self.long_context - self.context)
+
+        def between(a: float, b: float) -> float:
+            return max(a + t * (b - a), 0.1 * a)
+
+        ms = [between(a, b) for a, b in zip(self.verify_ms, self.long_verify_ms)]
+        for i in range(1, len(ms)):
+            ms[i] = max(ms[i], ms[i - 1])
+        return CostCurve(self.sizes, tuple(ms), between(self.head_step_ms, self.long_head_step_ms), self.overhead_ms)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostCurve":
-        return cls(tuple(d["sizes"]), tuple(d["verify_ms"]), float(d["head_step_ms"]), float(d.get("overhead_ms", 0)))
+        return cls(tuple(d["sizes"]), tuple(d["verify_ms"]), float(d["head_step_ms"]), float(d.get("overhead_ms", 0)),
+                   int(d.get("context", 0)), int(d.get("long_context", 0)), tuple(d.get("long_verify_ms", ())),
+                   float(d.get("long_head_step_ms", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,92 @@
+"""Does the cost curve predict what a cycle really costs? Times every cycle of `strategy="fspad"` (default
+settings) on the held-out tuning prompts and sets it beside the sizing's prediction for the tree it chose
+(overhead + head steps x head_step_ms + c(N)); then fits both to cycle ~ a + b N + h steps + l L (N tree
+tokens, steps head steps incl. the catch-up, L cached tokens), which shows which of the curve's terms is off.
+
+    python examples/make_tune_prompts.py > tune.jsonl
+    python examples/check_cost_model.py tune.jsonl [--raw] [--temperature 1] [--out check.json]
+
+A cycle is timed from one tree growth to the next (growth, verification, compaction, emission, catch-up).
+Run it on a quiet CPU.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import hf_specdec.strategies.fspad as fspad_module
+from hf_specdec.default_model import default_target
+from hf_specdec.heads import default_draft
+
+
+def record_cycles(target, tok, prompts, generate_kwargs) -> list[dict]:
+    cycles, real_call = [], fspad_module.TreeDrafts.__call__
+
+    def timed_call(self, committed, draft_state, cached):
+        now = time.perf_counter()
+        if cycles and "ms" not in cycles[-1] and cycles[-1]["answer"] == answer[0]:
+            cycles[-1]["ms"] = (now - cycles[-1]["start"]) * 1000
+        steps_before = self.drafter.stats.draft_forwards
+        tree = real_call(self, committed, draft_state, cached)
+        steps, n, curve = 1 + self.drafter.stats.draft_forwards - steps_before, tree.num_nodes, self.curve
+        cycles.append({"answer": answer[0], "start": now, "n": n, "steps": steps, "cached": cached,
+                       "predicted_ms": curve.overhead_ms + steps * curve.head_step_ms + curve.verify(n)})
+        return tree
+
+    answer = [0]
+    fspad_module.TreeDrafts.__call__ = timed_call
+    try:
+        for i, prompt in enumerate(prompts):
+            answer[0] = i
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)["input_ids"]
+            torch.manual_seed(i)
+            target.generate(ids, strategy="fspad", **{"max_new_tokens": 128, **generate_kwargs})
+    finally:
+        fspad_module.TreeDrafts.__call__ = real_call
+    return [c for c in cycles if "ms" in c]  # an answer's last cycle has no next growth to end it
+
+
+def fit(cycles, key) -> dict:
+    X = np.column_stack([np.ones(len(cycles)), [c["n"] for c in cycles], [c["steps"] for c in cycles],
+                         [c["cached"] for c in cycles]])
+    coef, *_ = np.linalg.lstsq(X, np.array([c[key] for c in cycles]), rcond=None)
+    return dict(zip(["ms", "ms_per_tree_token", "ms_per_head_step", "ms_per_cached_token"], coef.round(4).tolist()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("prompts", help="a JSONL of {prompt} rows (examples/make_tune_prompts.py)")
+    ap.add_argument("--raw", action="store_true", help="estimate_calibration=False")
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    target, tok = default_target(dtype=torch.bfloat16)
+    head = default_draft(target, tok)
+    prompts = [json.loads(line)["prompt"] for line in open(args.prompts, encoding="utf-8")]
+    sampling = dict(do_sample=True, temperature=args.temperature, top_k=None, top_p=None) if args.temperature else dict(do_sample=False)
+    kwargs = dict(assistant_model=head, **sampling, **({"estimate_calibration": False} if args.raw else {}))
+    with torch.no_grad():
+        record_cycles(target, tok, prompts[:1], {**kwargs, "max_new_tokens": 16})  # warm-up, cost curve
+        cycles = record_cycles(target, tok, prompts, kwargs)
+    report = {"cycles": len(cycles), "mean_ms": float(np.mean([c["ms"] for c in cycles])),
+              "mean_predicted_ms": float(np.mean([c["predicted_ms"] for c in cycles])),
+              "mean_tree_tokens": float(np.mean([c["n"] for c in cycles])),
+              "mean_head_steps": float(np.mean([c["steps"] for c in cycles])),
+              "fit_measured": fit(cycles, "ms"), "fit_predicted": fit(cycles, "predicted_ms")}
+    print(f"{report['cycles']} cycles: {report['mean_ms']:.1f} ms measured, {report['mean_predicted_ms']:.1f} ms "
+          f"predicted; {report['mean_tree_tokens']:.1f} tree tokens, {report['mean_head_steps']:.2f} head steps per cycle")
+    print("| cycle ~ | a (ms) | per tree token | per head step | per cached token |\n|---|---|---|---|---|")
+    for name in ("measured", "predicted"):
+        f = report[f"fit_{name}"]
+        print(f"| {name} | {f['ms']:.1f} | {f['ms_per_tree_token']:.3f} | {f['ms_per_head_step']:.2f} | "
+              f"{f['ms_per_cached_token']:.4f} |")
+    if args.out:
+        json.dump(report, open(args.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
