@@ -111,18 +111,18 @@ class TreeDrafts:
     def __call__(self, committed: torch.Tensor, draft_state, cached: int) -> DraftTree:
         trie = self.lookup(committed) if self.shape.lookup_tokens else None
         steps_before = self.drafter.stats.draft_forwards
+        curve = None if self.curve is None else self.curve.at(cached)  # this cycle's context
         if self.lookup_mode == "choose" and trie is not None and trie.match_length >= CHOOSE_MIN_MATCH:
             tree = self.graft(DraftTree.from_parents(committed[:, -1:], committed.new_full((1, 1), -1),
                                                      torch.ones(1, 1, device=committed.device)), trie)
         else:
-            tree = self.head_tree(committed[:, -1], draft_state, cached, trie)
+            tree = self.head_tree(committed[:, -1], draft_state, cached, trie, curve)
             if trie is not None and self.lookup_mode == "merge":
                 tree = self.graft(tree, trie)
-        if self.curve is None:
+        if curve is None:
             return tree
         # the catch-up and this cycle's expansions are spent; verify the size that pays best
-        curve = self.curve.at(cached)
-        spent = self.spent_ms(1 + self.drafter.stats.draft_forwards - steps_before, curve)
+        spent = self.spent_ms(curve, 1 + self.drafter.stats.draft_forwards - steps_before)
         keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve, spent)
         return prune_tree(tree, keep)
 
@@ -135,8 +135,8 @@ class TreeDrafts:
     def graft(self, tree: DraftTree, trie: LookupTrie) -> DraftTree:
         return graft(tree, trie.tokens, trie.parents, trie.estimates, self.shape.lookup_tokens)
 
-    def spent_ms(self, head_steps: int, curve: CostCurve | None = None) -> float:
-        curve = self.curve if curve is None else curve
+    @staticmethod
+    def spent_ms(curve: CostCurve, head_steps: int) -> float:
         return curve.overhead_ms + head_steps * curve.head_step_ms
 
     def calibrated(self, path_probs: torch.Tensor) -> torch.Tensor:
@@ -146,19 +146,21 @@ class TreeDrafts:
     def calibrated_tree(self, tree: DraftTree) -> DraftTree:
         return tree if self.head_calibration is None else replace(tree, estimates=self.head_calibration(tree.estimates))
 
-    def head_tree(self, root: torch.Tensor, draft_state, cached: int, trie: LookupTrie | None) -> DraftTree:
+    def head_tree(self, root: torch.Tensor, draft_state, cached: int, trie: LookupTrie | None,
+                  curve: CostCurve | None) -> DraftTree:
+        """The head's EAGLE-2 tree; with `curve` (the cost curve at this cycle's context), grown only while
+        another level can pay."""
         log_probs, feature = draft_state
         should_expand = None
-        if self.curve is not None:
+        if curve is not None:
             lookup_best = sorted(trie.estimates, reverse=True)[: self.shape.lookup_tokens] if trie else []
-            curve = self.curve.at(cached)
 
             def should_expand(level, candidate_scores, frontier_scores):
                 # before expansion `level`: the catch-up and level - 1 expansions are spent
                 best = self.calibrated(candidate_scores[0].topk(min(self.total - 1, candidate_scores.shape[1])).values.exp())
                 return expansion_pays(sorted(best.tolist() + lookup_best, reverse=True),
                                       self.calibrated(frontier_scores[0].exp()).tolist(), curve,
-                                      self.spent_ms(level, curve))
+                                      self.spent_ms(curve, level))
 
         return self.calibrated_tree(grow_tree(self.drafter.expand(cached), root, log_probs, feature, self.shape.top_k,
                                               self.depth, self.total, self.draft_to_target, should_expand))
