@@ -4,7 +4,9 @@ settings) on the held-out tuning prompts and sets it beside the sizing's predict
 tokens, steps head steps incl. the catch-up, L cached tokens), which shows which of the curve's terms is off.
 
     python examples/make_tune_prompts.py > tune.jsonl
-    python examples/check_cost_model.py tune.jsonl [--raw] [--temperature 1] [--out check.json]
+    python examples/check_cost_model.py tune.jsonl [--temperature 1] [--out check.json]
+    python examples/check_cost_model.py tune.jsonl --estimate-calibration \
+        hf_specdec/pretrained/smollm2-135m-instruct-fspad/estimate_calibration.json   (the head's fitted maps)
 
 A cycle is timed from one tree growth to the next (growth, verification, compaction, emission, catch-up).
 Run it on a quiet CPU.
@@ -20,6 +22,7 @@ import torch
 import hf_specdec.strategies.fspad as fspad_module
 from hf_specdec.default_model import default_target
 from hf_specdec.heads import default_draft
+from hf_specdec.tree import EstimateCalibration
 
 
 def record_cycles(target, tok, prompts, generate_kwargs) -> list[dict]:
@@ -60,7 +63,8 @@ def fit(cycles, key) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("prompts", help="a JSONL of {prompt} rows (examples/make_tune_prompts.py)")
-    ap.add_argument("--raw", action="store_true", help="estimate_calibration=False")
+    ap.add_argument("--estimate-calibration", default=None,
+                    help="a JSON with 'greedy' / 'sampling' maps (EstimateCalibration.to_dict) to size trees with")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -68,7 +72,10 @@ def main():
     head = default_draft(target, tok)
     prompts = [json.loads(line)["prompt"] for line in open(args.prompts, encoding="utf-8")]
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=None, top_p=None) if args.temperature else dict(do_sample=False)
-    kwargs = dict(assistant_model=head, **sampling, **({"estimate_calibration": False} if args.raw else {}))
+    kwargs = dict(assistant_model=head, **sampling)
+    if args.estimate_calibration:
+        maps = json.load(open(args.estimate_calibration, encoding="utf-8"))
+        kwargs["estimate_calibration"] = EstimateCalibration.from_dict(maps["sampling" if args.temperature else "greedy"])
     with torch.no_grad():
         record_cycles(target, tok, prompts[:1], {**kwargs, "max_new_tokens": 16})  # warm-up, cost curve
         cycles = record_cycles(target, tok, prompts, kwargs)

@@ -15,6 +15,13 @@ from conftest import oracle_head, tiny_target
 
 FLAT = CostCurve((1, 64), (10.0, 10.0), head_step_ms=1.0)  # verifying more tokens is free: keep everything
 STEEP = CostCurve((1, 2, 64), (10.0, 1000.0, 1000.0), head_step_ms=1.0)  # a second token costs 100x: verify 1
+def greedy_case(new_tokens: int):
+    """A tiny target, a prompt and stock greedy decoding's output: what every output-identity test compares to."""
+    target = tiny_target(seed=5)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    return target, ids, target.generate(ids, max_new_tokens=new_tokens, do_sample=False)
+
+
 SMOLLM_LIKE = CostCurve((1, 4, 8, 16, 32, 48), (24.0, 26.6, 29.3, 34.7, 44.0, 56.3), head_step_ms=2.5, overhead_ms=2.0)
 
 
@@ -56,9 +63,7 @@ def test_prune_keeps_the_best_nodes_and_their_parents():
 
 @pytest.mark.parametrize("curve", [FLAT, STEEP, SMOLLM_LIKE], ids=["flat", "steep", "smollm-like"])
 def test_the_cost_choice_never_changes_the_output(curve):
-    target = tiny_target(seed=5)
-    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    ref = target.generate(ids, max_new_tokens=30, do_sample=False)
+    target, ids, ref = greedy_case(30)
     for head in (FSPADDraftModel.from_target(target), oracle_head(target, ref, accuracy=0.8)):
         out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=30, cost_curve=curve,
                               return_dict_in_generate=True)
@@ -126,9 +131,7 @@ def test_estimate_calibration_fit_pools_violators_and_recovers_calibrated_estima
 
 @pytest.mark.parametrize("calibration", [PESSIMISTIC, OPTIMISTIC, False], ids=["pessimistic", "optimistic", "raw"])
 def test_the_estimate_calibration_never_changes_the_output(calibration):
-    target = tiny_target(seed=5)
-    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    ref = target.generate(ids, max_new_tokens=30, do_sample=False)
+    target, ids, ref = greedy_case(30)
     for head in (FSPADDraftModel.from_target(target), oracle_head(target, ref, accuracy=0.8)):
         out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=30, cost_curve=SMOLLM_LIKE,
                               estimate_calibration=calibration, lookup_tokens=0, return_dict_in_generate=True)
@@ -203,9 +206,7 @@ def test_a_longer_context_changes_the_size_chosen_but_not_the_output():
                                 long_verify_ms=(20.0, 200.0), long_head_step_ms=1.0)
     assert best_tree_size([0.5] * 15, steep_when_long.at(256), 1.0)[0] == 16
     assert best_tree_size([0.5] * 15, steep_when_long.at(4000), 1.0)[0] == 1
-    target = tiny_target(seed=5)
-    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    ref = target.generate(ids, max_new_tokens=20, do_sample=False)
+    target, ids, ref = greedy_case(20)
     head = oracle_head(target, ref, accuracy=0.8)
     for curve in (steep_when_long, dataclasses.replace(steep_when_long, context=0, long_context=4)):
         out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=20, cost_curve=curve,
