@@ -8,13 +8,23 @@ release-3 heads' data grew to the first 1,500 rows of each source and took 6 and
 
     python examples/make_tune_prompts.py ../shared/data/train_prompts.jsonl > tune.jsonl
     hf-specdec bench --questions tune.jsonl --methods stock fspad fspad/lookup=0
+
+With --translation: translation prompts (English into German, French, Spanish; the data builder's templates)
+made from the sentences of the tune and calibration rows, a held-out set where the drafts mostly fail.
 """
 
 import json
 import sys
 
 from hf_specdec.training.held_out import held_out_rows
+from hf_specdec.training.prompts import translation_rows
 
-pool = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/train_prompts.jsonl"
-for row in held_out_rows(pool, "tune"):
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+pool = args[0] if args else "../shared/data/train_prompts.jsonl"
+if "--translation" in sys.argv:
+    rows = held_out_rows(pool, "tune") + held_out_rows(pool, "calibration")
+    rows = translation_rows(rows, [("en", "de"), ("en", "fr"), ("en", "es")], limit=30)
+else:
+    rows = held_out_rows(pool, "tune")
+for row in rows:
     print(json.dumps(row))

@@ -52,12 +52,20 @@ def default_target_path() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
+    # A folder of this process's own, moved into place when complete: two processes converting at once (two
+    # test workers, two scripts on a fresh machine) never write into one folder or read a half-written one.
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file():
+        shutil.rmtree(tmp)  # another process finished first
+        return out
     if out.exists():  # an incomplete folder left by an interrupted conversion
-        shutil.rmtree(out)
-    tmp.replace(out)
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        tmp.replace(out)
+    except OSError:  # another process moved its folder into place meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -80,6 +80,17 @@ class LookupTrie:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def path_length(self, tokens: list[int]) -> int:
+        """How many of `tokens` (a path down from the root) the trie holds, from the first on."""
+        children = {(p, t): i for i, (p, t) in enumerate(zip(self.parents, self.tokens))}
+        node, n = -1, 0
+        for token in tokens:
+            node = children.get((node, token))
+            if node is None:
+                break
+            n += 1
+        return n
+
 
 def lookup_trie(index: SuffixIndex, depth: int, max_matches: int = 8, min_n: int = 1,
                 calibration: dict[int, tuple[float, float]] | None = None) -> LookupTrie:

@@ -9,6 +9,10 @@ import torch
 if not torch.cuda.is_available():
     # The Triton kernels run in Triton's interpreter on CPU; triton reads this when it is first imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs in one worker per core (`pytest -n 2`): one thread each, not every worker's threads on
+    # every core. The tiny models gain nothing from a second thread anyway.
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 from scipy.stats import chisquare  # noqa: E402

@@ -146,6 +146,20 @@ def test_loaded_head_computes_what_the_saved_one_did(llama, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_rms_norm_is_llama_rms_norm_bit_for_bit(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from hf_specdec.draft.base import rms_norm
+
+    torch.manual_seed(1)
+    for width, shape in ((64, (1, 1)), (64, (3, 16)), (576, (1, 7)), (576, (2, 300))):
+        norm = LlamaRMSNorm(width, eps=1e-5).to(dtype)
+        norm.weight.data = torch.randn(width).to(dtype)
+        x = (torch.randn(*shape, width) * 3).to(dtype)
+        assert torch.equal(rms_norm(norm, x), norm(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_head_attention_is_llama_attention_bit_for_bit(dtype):
     """The head's attention path (its projections called directly, the rotary embedding by a roll) gives exactly
     LlamaAttention.forward's output, with and without a cache and a tree mask."""

@@ -7,8 +7,8 @@ import torch
 from transformers import GenerationConfig
 
 from hf_specdec import FSPADDraftModel
-from hf_specdec.lookup import SuffixIndex, lookup_trie
-from hf_specdec.tree import DraftTree, graft
+from hf_specdec.lookup import LookupTrie, SuffixIndex, lookup_trie
+from hf_specdec.tree import CostCurve, DraftTree, graft
 
 from conftest import chi_square_pvalue, exact_sequence_probs, oracle_head, tiny_target
 
@@ -40,6 +40,12 @@ def test_trie_counts_and_estimates_by_hand():
                                             0.6 * 2 / 3 * 0.9 / 2])
     # deeper estimates never exceed their parent's
     assert all(trie.estimates[i] <= trie.estimates[p] for i, p in enumerate(trie.parents) if p >= 0)
+
+
+def test_trie_path_length():
+    trie = LookupTrie(tokens=[8, 7, 4, 6, 5], parents=[-1, 0, -1, 2, 2], estimates=[0.5] * 5)
+    assert trie.path_length([4, 5, 9]) == 2 and trie.path_length([8, 7, 1]) == 2 and trie.path_length([8, 6]) == 1
+    assert trie.path_length([7]) == 0 and trie.path_length([]) == 0 and LookupTrie().path_length([1]) == 0
 
 
 def test_graft_shares_paths_and_adds_the_best_new_nodes():
@@ -148,8 +154,14 @@ def test_lookup_tokens_from_the_head_config_and_bad_values(llama):
 VOCAB, NEW = 6, 3
 
 
-def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch):
+GATE_CURVE = CostCurve((1, 8), (10.0, 10.0), head_step_ms=2.0)  # free verification; a head that fails is skipped
+
+
+@pytest.mark.parametrize("sized", [False, True], ids=["fixed-tree", "cost-sized-with-head-gate"])
+def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch, sized):
+    """Also with the head gate: a draw whose first cycle accepted nothing drafts its second from lookup alone."""
     import hf_specdec.strategies.fspad as fspad_module
+    from hf_specdec.strategies.head_gate import HeadGate
 
     target = tiny_target(vocab_size=VOCAB, seed=21, initializer_range=0.5)
     target.generation_config.eos_token_id = None
@@ -165,16 +177,22 @@ def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch):
         return out
 
     monkeypatch.setattr(fspad_module, "graft", counting_graft)
+    skipped = []
+    real_run_head = HeadGate.run_head
+    monkeypatch.setattr(HeadGate, "run_head", lambda gate, rate: real_run_head(gate, rate) or skipped.append(1))
+    tree = dict(cost_curve=GATE_CURVE) if sized else dict(tree_top_k=2, tree_depth=1, tree_total_tokens=3)
     gen_kwargs = {"temperature": 1.0}
     probs = exact_sequence_probs(target, ids, gen_kwargs, VOCAB, NEW)
     torch.manual_seed(0)
     counts, draws = {}, 1500
     for _ in range(draws):
         out = target.generate(ids, assistant_model=head, strategy="fspad", do_sample=True, max_new_tokens=NEW,
-                              tree_top_k=2, tree_depth=1, tree_total_tokens=3, lookup_tokens=3, **gen_kwargs)
+                              lookup_tokens=3, **tree, **gen_kwargs)
         key = tuple(out[0, ids.shape[1]:].tolist())
         counts[key] = counts.get(key, 0) + 1
-    assert sum(grafted) > draws  # lookup nodes were in the trees
+    assert sum(grafted) > draws / 2  # lookup nodes were in the trees
+    if sized:  # some cycles ran without the head
+        assert len(skipped) > draws / 20
     assert chi_square_pvalue(counts, probs, draws) > 1e-3
 
 

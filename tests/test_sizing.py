@@ -9,7 +9,8 @@ import torch
 
 from hf_specdec import FSPADDraftModel
 from hf_specdec.testing import OracleHead
-from hf_specdec.tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, prune_tree
+from hf_specdec.strategies.head_gate import HeadGate
+from hf_specdec.tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, head_pays, prune_tree
 
 from conftest import oracle_head, tiny_target
 
@@ -68,11 +69,55 @@ def test_the_cost_choice_never_changes_the_output(curve):
         out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=30, cost_curve=curve,
                               return_dict_in_generate=True)
         assert torch.equal(out.sequences, ref)
-        if curve is STEEP:  # every cycle verified the root alone: plain decoding, one head step (the catch-up)
+        if curve is STEEP:  # every cycle verified the root alone: plain decoding
             assert set(out.spec_stats.accepted_lengths) == {1}
-            assert out.spec_stats.draft_forwards == out.spec_stats.target_forwards - 1
+            # the head ran (a catch-up, no expansion) only in the first cycle and the gate's probes
+            assert out.spec_stats.draft_forwards == head_runs_of_a_failing_head(len(out.spec_stats.accepted_lengths))
+            always = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=30, cost_curve=curve,
+                                     head_gate=False, return_dict_in_generate=True)
+            assert torch.equal(always.sequences, ref)
+            assert always.spec_stats.draft_forwards == always.spec_stats.target_forwards - 1  # one per cycle
         if curve is FLAT and isinstance(head, OracleHead):
             assert out.spec_stats.tau > 3  # free verification: deep trees of the oracle's tokens
+
+
+def head_runs_of_a_failing_head(cycles: int) -> int:
+    """The cycles of `cycles` in which the gate runs a head that never adds a token (by hand below)."""
+    gate, runs = HeadGate(), 0
+    for _ in range(cycles):
+        if gate.run_head(base_rate=0.1):
+            gate.observe(0, 5.0)
+            runs += 1
+    return runs
+
+
+def test_head_pays_by_hand():
+    # without the head: 1 token in 10 ms; the head adds 0.6 tokens for 5 ms: 0.12 / ms > 0.1 / ms
+    assert head_pays(0.6, 5.0, base_rate=0.1) and not head_pays(0.4, 5.0, base_rate=0.1)
+
+
+def test_head_gate_skips_a_failing_head_and_probes_it_less_and_less_often():
+    gate, ran = HeadGate(), []
+    for cycle in range(1, 40):
+        if gate.run_head(base_rate=0.1):
+            gate.observe(0, 5.0)
+            ran.append(cycle)
+    # the first cycle, then probes after runs of 1, 2, 4, 8, 16, 16 skipped cycles
+    assert ran == [1, 3, 6, 11, 20, 37]
+    assert head_runs_of_a_failing_head(28) == 5
+
+
+def test_head_gate_returns_to_every_cycle_when_the_head_pays_again():
+    gate = HeadGate()
+    for _ in range(12):  # a failing stretch: probes spaced out
+        if gate.run_head(0.1):
+            gate.observe(0, 5.0)
+    assert gate.skip_run > 2
+    while not gate.run_head(0.1):  # until the next probe
+        pass
+    gate.observe(4.0, 5.0)  # the text changed: the head adds 4 tokens (running mean 1.0 > 0.1 * 5)
+    assert [gate.run_head(0.1) for _ in range(3)] == [True, True, True] and gate.skip_run == 1
+    assert HeadGate().run_head(1e9)  # nothing observed yet: the head runs
 
 
 def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
@@ -137,9 +182,10 @@ def test_the_estimate_calibration_never_changes_the_output(calibration):
                               estimate_calibration=calibration, lookup_tokens=0, return_dict_in_generate=True)
         assert torch.equal(out.sequences, ref)
         if calibration is PESSIMISTIC and not isinstance(head, OracleHead):
-            # it takes effect: no draft node of the untrained head (path probabilities < 1) is worth verifying
+            # it takes effect: no draft node of the untrained head (path probabilities < 1) is worth verifying,
+            # nor expanding; the head's catch-up runs in the first cycle and the gate's probes
             assert set(out.spec_stats.accepted_lengths) == {1}
-            assert out.spec_stats.draft_forwards == out.spec_stats.target_forwards - 1
+            assert out.spec_stats.draft_forwards == head_runs_of_a_failing_head(len(out.spec_stats.accepted_lengths))
         if isinstance(head, OracleHead):  # its path probabilities are 1, which every calibration keeps
             assert max(out.spec_stats.accepted_lengths) > 1
 

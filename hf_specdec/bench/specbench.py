@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def load_questions(path, per_category: int | None = None) -> list[dict]:
             rows[i] = row = {"question_id": row.get("id", i), "category": row.get("source", "prompt"), "turns": [row["prompt"]]}
         if not row.get("turns") or "category" not in row:
             raise ValueError(f"{path}: question {row.get('question_id')} needs 'category' and non-empty 'turns'.")
+        if not isinstance(row.get("question_id"), int):  # a text id (e.g. the data builders' "tr-en-de-17"):
+            row["seed_id"] = zlib.crc32(str(row.get("question_id", i)).encode())  # a stable number to seed with
     if per_category is None:
         return rows
     by_group: dict[str, list[list[dict]]] = defaultdict(list)
@@ -93,7 +96,8 @@ def parse_method(name: str) -> tuple[str, dict]:
     included; two children per node, the depth of the smallest full binary tree holding N), or '...@N,W' with
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
     '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
-    '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens)."""
+    '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
+    '/always-head' (head_gate=False: the head runs every cycle)."""
     name, *options = name.split("/")
     extra = {}
     for option in options:
@@ -105,10 +109,12 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["estimate_calibration"] = False
         elif option == "context-free":
             extra["context_free_costs"] = True
+        elif option == "always-head":
+            extra["head_gate"] = False
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw' and '/context-free'.")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free' and '/always-head'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -129,7 +135,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose, /raw and /context-free, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw, /context-free and /always-head, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -167,7 +173,7 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         sampling = {"do_sample": False} if temperature == 0 else {
             "do_sample": True, "temperature": float(temperature), "top_k": None, "top_p": None}
         if temperature:
-            torch.manual_seed(seed + question["question_id"] * 7 + turn_i)
+            torch.manual_seed(seed + question.get("seed_id", question["question_id"]) * 7 + turn_i)
         counter.count = 0
         start = time.perf_counter()
         kwargs = method_kwargs(name, heads, pld_tokens)

@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compat import cache_kwargs
-from .base import DraftHead, DraftOutput, TargetParts, head_attention
+from .base import DraftHead, DraftOutput, TargetParts, head_attention, rms_norm
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -120,13 +120,13 @@ class Eagle3DraftModel(DraftHead):
         if position_ids is None:
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
         cos_sin = self.rotary_emb(h, position_ids)
-        normed_h = layer.hidden_norm(h)
+        normed_h = rms_norm(layer.hidden_norm, h)
         residual = normed_h if layer.norm_before_residual else h
-        attn = head_attention(layer.self_attn, torch.cat([layer.input_layernorm(e), normed_h], dim=-1), cos_sin,
+        attn = head_attention(layer.self_attn, torch.cat([rms_norm(layer.input_layernorm, e), normed_h], dim=-1), cos_sin,
                               attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1)
         out = residual + attn
-        out = out + layer.mlp(layer.post_attention_layernorm(out))
+        out = out + layer.mlp(rms_norm(layer.post_attention_layernorm, out))
         for extra in self.extra_layers:
             out = extra(out, attention_mask=attention_mask, position_ids=position_ids, position_embeddings=cos_sin,
                         **cache_kwargs(cache))
-        return DraftOutput(hidden_states=self.norm(out), features=out, cache=cache)
+        return DraftOutput(hidden_states=rms_norm(self.norm, out), features=out, cache=cache)

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .base import DraftHead, DraftOutput, TargetParts, embedding_fingerprint, head_attention, tokenizer_hash
+from .base import DraftHead, DraftOutput, TargetParts, embedding_fingerprint, head_attention, rms_norm, tokenizer_hash
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -133,7 +133,7 @@ class FSPADDraftModel(DraftHead):
         e = inputs_embeds.to(self.fc.weight.dtype)
         h = self.fc(torch.cat([e, features.to(e.dtype)], dim=-1))
         if self.config.use_feature_sampling:
-            h = h + self.fs_down_proj(F.silu(self.fs_gate_proj(e)) * self.fs_up_proj(self.fs_norm(h)))
+            h = h + self.fs_down_proj(F.silu(self.fs_gate_proj(e)) * self.fs_up_proj(rms_norm(self.fs_norm, h)))
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None and past > 0 and h.shape[1] > 1:
             raise ValueError(
@@ -146,7 +146,7 @@ class FSPADDraftModel(DraftHead):
         cos_sin = self.rotary_emb(h, position_ids)
         is_causal = attention_mask is None and h.shape[1] > 1
         a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal)
-        m = self.post_attention_layernorm(a)
+        m = rms_norm(self.post_attention_layernorm, a)
         mlp = self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
         if self.config.use_partial_alignment:
             H = self.config.hidden_size

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import statistics
 import threading
 import time
@@ -136,5 +137,7 @@ def _load_or_measure(model, head, key: str, refresh: bool) -> CostCurve:
                        "seconds; cached in %s)", path)
         curve = measure_costs(model, head)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(curve.to_dict(), indent=1))
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # whole or absent for another process reading it
+        tmp.write_text(json.dumps(curve.to_dict(), indent=1))
+        tmp.replace(path)
     return curve

@@ -90,6 +90,48 @@ class HeadDrafter:
             self.head.keep_rows(rows)
 
 
+class PendingCatchUp:
+    """A head catch-up not run yet: the pairs (x_{t+1}, f_t) of one or more cycles from head position `cached`
+    on. Called, it runs them in one forward (once) and returns the draft state; a cycle whose tree needs no head
+    leaves it uncalled, and the next cycle's pairs are appended to it (`DeferredHeadDrafter`)."""
+
+    def __init__(self, drafter: HeadDrafter, tokens: torch.Tensor, features: torch.Tensor, cached: int):
+        self.drafter, self.tokens, self.features, self.cached = drafter, tokens, features, cached
+        self.state = None
+
+    def __call__(self):
+        if self.state is None:
+            self.state = HeadDrafter.catch_up(self.drafter, self.tokens, self.features, self.cached)
+        return self.state
+
+
+class DeferredHeadDrafter(HeadDrafter):
+    """A HeadDrafter for one row whose catch-ups wait until a tree asks for the head: `start` and `catch_up`
+    return a `PendingCatchUp`. A cycle drafted without the head (lookup drafts alone, or a plain decoding step)
+    so costs no head forward, and its pairs are fed with the next cycle's in one. The head's cache is
+    untouched until then, so it still ends at the pending pairs' first position. Batches catch up at once."""
+
+    def __init__(self, head: DraftHead, stats: SpecDecodeStats):
+        super().__init__(head, stats)
+        self.pending: PendingCatchUp | None = None
+
+    def start(self, prompt, first, features, valid=None):
+        if valid is not None:
+            return super().start(prompt, first, features, valid)
+        return self.catch_up(torch.cat([prompt[:, 1:], first[:, None]], 1), features, 0)
+
+    def catch_up(self, tokens, features, cached, real=None):
+        if isinstance(cached, Slots):
+            return super().catch_up(tokens, features, cached, real)
+        last = self.pending
+        if last is not None and last.state is None:  # the last cycle drafted without the head
+            self.pending = PendingCatchUp(self, torch.cat([last.tokens, tokens], 1), torch.cat([last.features, features], 1),
+                                          last.cached)
+        else:
+            self.pending = PendingCatchUp(self, tokens, features, cached)
+        return self.pending
+
+
 def check_draft_lm(draft, target, strategy: str) -> None:
     """An ordinary draft LM must be a decoder-only LM over the target's vocabulary."""
     if not (hasattr(draft, "get_decoder") and draft.get_output_embeddings() is not None):

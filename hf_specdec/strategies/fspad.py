@@ -22,7 +22,8 @@ from ..verification import verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
 from .calibration import cost_curve_for
 from .batched import check_batch_options, run_batched_tree_decoding
-from .drafters import HeadDrafter
+from .drafters import DeferredHeadDrafter, HeadDrafter, PendingCatchUp
+from .head_gate import HeadGate
 from .engine import open_request, run_tree_decoding, target_forward  # noqa: F401  (target_forward: re-export)
 
 # A fixed tree's shape where generate and the head's generation_config give none (tuned on the 2-core CPU with
@@ -98,10 +99,13 @@ class TreeDrafts:
 
     def __init__(self, drafter: HeadDrafter, shape: TreeShape, curve: CostCurve | None, lookup_mode: str,
                  draft_to_target: torch.Tensor | None, sampling: bool = False,
-                 head_calibration: EstimateCalibration | None = None):
+                 head_calibration: EstimateCalibration | None = None, gate: HeadGate | None = None):
         self.drafter, self.shape, self.curve, self.lookup_mode = drafter, shape, curve, lookup_mode
         self.draft_to_target = draft_to_target
         self.head_calibration = head_calibration
+        # with a gate (cost-sized trees, a DeferredHeadDrafter), a cycle may draft without the head
+        self.gate = gate if curve is not None else None
+        self.last_cycle: tuple | None = None  # (committed length, trie, head cost in ms) of a cycle that ran the head
         # a lookup node is accepted less often when the target samples (with its draw probability) than when it
         # takes its argmax: each has its own calibration
         self.calibration = LOOKUP_CALIBRATION_SAMPLING if sampling else LOOKUP_CALIBRATION
@@ -111,20 +115,45 @@ class TreeDrafts:
     def __call__(self, committed: torch.Tensor, draft_state, cached: int) -> DraftTree:
         trie = self.lookup(committed) if self.shape.lookup_tokens else None
         steps_before = self.drafter.stats.draft_forwards
+        # a catch-up run before this call (not a PendingCatchUp) is spent already
+        steps_before -= not isinstance(draft_state, PendingCatchUp)
         curve = None if self.curve is None else self.curve.at(cached)  # this cycle's context
-        if self.lookup_mode == "choose" and trie is not None and trie.match_length >= CHOOSE_MIN_MATCH:
-            tree = self.graft(DraftTree.from_parents(committed[:, -1:], committed.new_full((1, 1), -1),
-                                                     torch.ones(1, 1, device=committed.device)), trie)
+        run_head, lookup_only = True, (1, 0.0)
+        if self.gate is not None:
+            self.observe_last_cycle(committed)
+            lookup_best = sorted(trie.estimates, reverse=True)[: self.shape.lookup_tokens] if trie else []
+            lookup_only = best_tree_size(lookup_best, curve, curve.overhead_ms)  # (size, rate) without the head
+            run_head = self.gate.run_head(lookup_only[1])
+        if not run_head or (self.lookup_mode == "choose" and trie is not None and trie.match_length >= CHOOSE_MIN_MATCH):
+            tree = DraftTree.from_parents(committed[:, -1:], committed.new_full((1, 1), -1),
+                                          torch.ones(1, 1, device=committed.device))
+            tree = self.graft(tree, trie) if trie is not None else tree
         else:
+            if isinstance(draft_state, PendingCatchUp):
+                draft_state = draft_state()
             tree = self.head_tree(committed[:, -1], draft_state, cached, trie, curve)
             if trie is not None and self.lookup_mode == "merge":
                 tree = self.graft(tree, trie)
         if curve is None:
             return tree
         # the catch-up and this cycle's expansions are spent; verify the size that pays best
-        spent = self.spent_ms(curve, 1 + self.drafter.stats.draft_forwards - steps_before)
-        keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve, spent)
+        head_steps = self.drafter.stats.draft_forwards - steps_before
+        keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve,
+                                 self.spent_ms(curve, head_steps))
+        if self.gate is not None and run_head:
+            head_ms = head_steps * curve.head_step_ms + curve.verify(keep) - curve.verify(lookup_only[0])
+            self.last_cycle = (committed.shape[1], trie, head_ms)
         return prune_tree(tree, keep)
+
+    def observe_last_cycle(self, committed: torch.Tensor) -> None:
+        """Tell the gate what the head added in the last cycle, if it ran: the accepted draft tokens (the tokens
+        committed since, less the target's own last one) beyond the path the lookup trie held."""
+        if self.last_cycle is None:
+            return
+        length, trie, head_ms = self.last_cycle
+        accepted = committed[0, length:-1].tolist()
+        self.gate.observe(len(accepted) - (trie.path_length(accepted) if trie is not None else 0), head_ms)
+        self.last_cycle = None
 
     def lookup(self, committed: torch.Tensor, index: SuffixIndex | None = None) -> LookupTrie:
         index = self.index if index is None else index
@@ -238,6 +267,7 @@ def fspad_generate(
     cost_curve: CostCurve | None = None,
     estimate_calibration: EstimateCalibration | bool | None = None,
     lookup_mode: str = "merge",
+    head_gate: bool = True,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
@@ -249,6 +279,9 @@ def fspad_generate(
     else the head alone), kept for the comparison in the README. `estimate_calibration`: how the head's path
     probabilities map onto P(accepted) for the sizing and against lookup nodes (`head_estimate_calibration`;
     default: the head's own, if its generation_config has one; False: the raw path probabilities).
+    `head_gate`: with cost-sized trees and one row, a cycle may draft without the head (lookup drafts alone,
+    or a plain decoding step) while the head's recent drafts did not pay for it (strategies/head_gate.py;
+    measured in the README, "Skipping a head that does not pay"); False runs the head every cycle.
 
     Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
     (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
@@ -276,17 +309,20 @@ def fspad_generate(
     shape = TreeShape.resolve(head, tree_top_k=tree_top_k, tree_depth=tree_depth, tree_total_tokens=tree_total_tokens,
                               lookup_tokens=lookup_tokens)
     head.attach_target(model, tokenizer=tokenizer)
-    stats = SpecDecodeStats()
-    drafter = HeadDrafter(head, stats)
-    draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
-
     if lookup_mode not in ("merge", "choose"):
         raise ValueError(f"lookup_mode must be 'merge' or 'choose', got {lookup_mode!r}.")
+    if not isinstance(head_gate, bool):
+        raise TypeError(f"head_gate must be True or False, got {head_gate!r}.")
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
+    gated = head_gate and sized and not batched
+    stats = SpecDecodeStats()
+    drafter = (DeferredHeadDrafter if gated else HeadDrafter)(head, stats)
+    draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
     sampling = bool(generation_config.do_sample)
     grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=sampling,
-                      head_calibration=head_estimate_calibration(head, estimate_calibration, sampling))
+                      head_calibration=head_estimate_calibration(head, estimate_calibration, sampling),
+                      gate=HeadGate() if gated else None)
 
     def verify(tree, scores):
         if generation_config.do_sample:

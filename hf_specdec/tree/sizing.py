@@ -158,6 +158,16 @@ def best_batch_tree_size(rows: list[list[float]], curve: CostCurve, fixed_ms: fl
     return best_n, best_rate
 
 
+def head_pays(head_tokens: float, head_ms: float, base_rate: float) -> bool:
+    """Whether a cycle should run the head at all. Without it the cycle is the lookup-only tree (a plain
+    decoding step when lookup has nothing), T_0 expected tokens in C_0 ms: rate r_0 = T_0 / C_0. The head adds
+    g expected tokens beyond that tree's for c_h more ms (its catch-up and expansions, and the extra nodes
+    verified), which pays iff
+
+        (T_0 + g) / (C_0 + c_h) > T_0 / C_0   <=>   g / c_h > r_0."""
+    return head_tokens > base_rate * head_ms
+
+
 def expansion_pays(estimates_desc: list[float], frontier: list[float], curve: CostCurve, fixed_ms: float) -> bool:
     """Whether one more head step can raise the cycle's best rate. Its best case: the frontier's estimate mass
     F = sum(frontier) arrives in len(frontier) more verified nodes, for one more head step."""
