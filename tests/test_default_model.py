@@ -93,8 +93,9 @@ def test_shipped_heads_are_lossless_and_accept_drafts(smollm):
         for text in PROMPTS:
             ids = chat_ids(tok, text)
             ref = model.generate(ids, max_new_tokens=32, do_sample=False)
+            # head_gate=False: the head every cycle, whatever this machine's cost curve says of it
             out = model.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=32,
-                                 return_dict_in_generate=True, tokenizer=tok)
+                                 return_dict_in_generate=True, tokenizer=tok, head_gate=False)
             assert torch.equal(out.sequences, ref)
             taus.append(out.spec_stats.tau)
         assert sum(taus) / len(taus) > 1.5, taus

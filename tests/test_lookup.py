@@ -159,9 +159,13 @@ GATE_CURVE = CostCurve((1, 8), (10.0, 10.0), head_step_ms=2.0)  # free verificat
 
 @pytest.mark.parametrize("sized", [False, True], ids=["fixed-tree", "cost-sized-with-head-gate"])
 def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch, sized):
-    """Also with the head gate: a draw whose first cycle accepted nothing drafts its second from lookup alone."""
+    """Also with the head gate (its warm-up off: a draw has two cycles at most): a draw whose first cycle
+    accepted nothing drafts its second from lookup alone."""
     import hf_specdec.strategies.fspad as fspad_module
+    from hf_specdec.strategies import head_gate
     from hf_specdec.strategies.head_gate import HeadGate
+
+    monkeypatch.setattr(head_gate, "WARM_UP", 1)
 
     target = tiny_target(vocab_size=VOCAB, seed=21, initializer_range=0.5)
     target.generation_config.eos_token_id = None
@@ -180,7 +184,7 @@ def test_sampling_with_lookup_nodes_is_the_targets_distribution(monkeypatch, siz
     skipped = []
     real_run_head = HeadGate.run_head
     monkeypatch.setattr(HeadGate, "run_head", lambda gate, rate: real_run_head(gate, rate) or skipped.append(1))
-    tree = dict(cost_curve=GATE_CURVE) if sized else dict(tree_top_k=2, tree_depth=1, tree_total_tokens=3)
+    tree = dict(cost_curve=GATE_CURVE, head_gate=True) if sized else dict(tree_top_k=2, tree_depth=1, tree_total_tokens=3)
     gen_kwargs = {"temperature": 1.0}
     probs = exact_sequence_probs(target, ids, gen_kwargs, VOCAB, NEW)
     torch.manual_seed(0)

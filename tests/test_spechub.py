@@ -88,9 +88,12 @@ def test_a_perfect_draft_is_always_accepted(llama, verifier):
     """With q = p at every node every rule accepts a child at every level: each verification forward emits
     depth + 1 tokens (the last one excepted, cut by max_new_tokens)."""
     ids = torch.tensor([[5, 9, 2, 7]])
-    out = llama.generate(ids, assistant_model=copy.deepcopy(llama), strategy="spechub", verifier=verifier,
-                         do_sample=True, temperature=0.8, tree_depth=3, max_new_tokens=41,
-                         return_dict_in_generate=True)
+    target = copy.deepcopy(llama)
+    target.generation_config.eos_token_id = None  # 41 tokens whatever is drawn (tests share one process's RNG)
+    torch.manual_seed(0)
+    out = target.generate(ids, assistant_model=copy.deepcopy(llama), strategy="spechub", verifier=verifier,
+                          do_sample=True, temperature=0.8, tree_depth=3, max_new_tokens=41,
+                          return_dict_in_generate=True)
     stats = out.spec_stats
     assert stats.new_tokens == 41 and out.sequences.shape[1] == 4 + 41
     assert stats.accepted_lengths[:-1] == [4] * (len(stats.accepted_lengths) - 1)

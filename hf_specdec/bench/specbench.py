@@ -97,7 +97,7 @@ def parse_method(name: str) -> tuple[str, dict]:
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
     '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
-    '/always-head' (head_gate=False: the head runs every cycle)."""
+    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay)."""
     name, *options = name.split("/")
     extra = {}
     for option in options:
@@ -109,12 +109,12 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["estimate_calibration"] = False
         elif option == "context-free":
             extra["context_free_costs"] = True
-        elif option == "always-head":
-            extra["head_gate"] = False
+        elif option == "head-gate":
+            extra["head_gate"] = True
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free' and '/always-head'.")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free' and '/head-gate'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -135,7 +135,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose, /raw, /context-free and /always-head, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw, /context-free and /head-gate, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:

@@ -267,7 +267,7 @@ def fspad_generate(
     cost_curve: CostCurve | None = None,
     estimate_calibration: EstimateCalibration | bool | None = None,
     lookup_mode: str = "merge",
-    head_gate: bool = True,
+    head_gate: bool = False,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
@@ -279,9 +279,10 @@ def fspad_generate(
     else the head alone), kept for the comparison in the README. `estimate_calibration`: how the head's path
     probabilities map onto P(accepted) for the sizing and against lookup nodes (`head_estimate_calibration`;
     default: the head's own, if its generation_config has one; False: the raw path probabilities).
-    `head_gate`: with cost-sized trees and one row, a cycle may draft without the head (lookup drafts alone,
-    or a plain decoding step) while the head's recent drafts did not pay for it (strategies/head_gate.py;
-    measured in the README, "Skipping a head that does not pay"); False runs the head every cycle.
+    `head_gate=True`: with cost-sized trees and one row, a cycle may draft without the head (lookup drafts
+    alone, or a plain decoding step) while the head's recent drafts did not pay for it
+    (strategies/head_gate.py). Off by default: on held-out prompts it measured no faster than running the
+    head every cycle (README, "Skipping a head that does not pay").
 
     Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
     (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
