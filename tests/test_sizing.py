@@ -91,6 +91,18 @@ def head_runs_of_a_failing_head(cycles: int) -> int:
     return runs
 
 
+def test_head_gate_refuses_what_it_cannot_gate():
+    target, ids, _ = greedy_case(2)
+    head = FSPADDraftModel.from_target(target)
+    with pytest.raises(ValueError, match="head_gate=True prices the head"):
+        target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=2, tree_top_k=2, head_gate=True)
+    with pytest.raises(NotImplementedError, match="head_gate=True decodes one row"):
+        target.generate(ids.repeat(2, 1), assistant_model=head, strategy="fspad", max_new_tokens=2, head_gate=True,
+                        cost_curve=SMOLLM_LIKE)
+    with pytest.raises(TypeError, match="head_gate must be True or False"):
+        target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=2, head_gate=1)
+
+
 def test_head_pays_by_hand():
     # without the head: 1 token in 10 ms; the head adds 0.6 tokens for 5 ms: 0.12 / ms > 0.1 / ms
     assert head_pays(0.6, 5.0, base_rate=0.1) and not head_pays(0.4, 5.0, base_rate=0.1)

@@ -315,7 +315,12 @@ def fspad_generate(
     if not isinstance(head_gate, bool):
         raise TypeError(f"head_gate must be True or False, got {head_gate!r}.")
     sized = tree_top_k is None and tree_depth is None and tree_total_tokens is None
-    gated = head_gate and sized and not batched
+    if head_gate and not sized:
+        raise ValueError("head_gate=True prices the head with the cost curve of cost-sized trees; drop tree_top_k / "
+                         "tree_depth / tree_total_tokens, or head_gate.")
+    if head_gate and batched:
+        raise NotImplementedError("head_gate=True decodes one row at a time; a batch runs the head every cycle.")
+    gated = head_gate
     stats = SpecDecodeStats()
     drafter = (DeferredHeadDrafter if gated else HeadDrafter)(head, stats)
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
