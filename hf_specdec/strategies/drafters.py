@@ -115,10 +115,7 @@ class DeferredHeadDrafter(HeadDrafter):
         super().__init__(head, stats)
         self.pending: PendingCatchUp | None = None
 
-    def start(self, prompt, first, features, valid=None):
-        if valid is not None:
-            return super().start(prompt, first, features, valid)
-        return self.catch_up(torch.cat([prompt[:, 1:], first[:, None]], 1), features, 0)
+    # start is HeadDrafter's: one row's prompt pairs go through catch_up below, a batch's (Slots) at once
 
     def catch_up(self, tokens, features, cached, real=None):
         if isinstance(cached, Slots):
