@@ -99,7 +99,6 @@ def test_method_names_with_tree_shapes():
         "fspad", {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16, "lookup_tokens": 12, "lookup_mode": "choose"})
     assert specbench.parse_method("fspad/lookup=0/raw") == ("fspad", {"lookup_tokens": 0, "estimate_calibration": False})
     assert specbench.parse_method("fspad/head-gate") == ("fspad", {"head_gate": True})
-    assert specbench.parse_method("fspad/cold-steps") == ("fspad", {"cold_steps": True})
     for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge"):
         with pytest.raises(ValueError, match="'/lookup=N'|follow fspad"):
             specbench.parse_method(bad)

@@ -257,18 +257,6 @@ def test_cost_curve_at_a_context_interpolates_between_the_measured_ones():
     assert SMOLLM_LIKE.at(5000) is SMOLLM_LIKE  # one context measured (or an old cached curve): as it is
 
 
-def test_a_cycles_drafting_costs_a_cold_catch_up_then_warm_expansions():
-    assert SMOLLM_LIKE.drafting_ms(0) == 0.0 and SMOLLM_LIKE.drafting_ms(3) == pytest.approx(7.5)  # no catch-up cost
-    cold = dataclasses.replace(TWO_CONTEXTS, catch_up_ms=5.0, long_catch_up_ms=9.0)
-    assert cold.drafting_ms(1) == 5.0 and cold.drafting_ms(4) == pytest.approx(5.0 + 3 * 2.0)
-    mid = cold.at(640)
-    assert (mid.catch_up_ms, mid.head_step_ms) == pytest.approx((7.0, 2.5)) and mid.drafting_ms(2) == pytest.approx(9.5)
-    assert CostCurve.from_dict(cold.to_dict()) == cold
-    old = cold.to_dict()
-    del old["catch_up_ms"], old["long_catch_up_ms"]  # a curve cached before catch-ups were timed apart
-    assert CostCurve.from_dict(old).drafting_ms(2) == 4.0
-
-
 def test_a_longer_context_changes_the_size_chosen_but_not_the_output():
     # at 256 cached tokens, 16 tree tokens cost 1.2x one; far into a long context, they cost 10x: verify 1
     steep_when_long = CostCurve((1, 16), (20.0, 24.0), head_step_ms=1.0, context=256, long_context=1024,
@@ -294,7 +282,6 @@ def test_measure_costs_times_two_contexts_within_the_models_positions():
     curve = measure_costs(target, FSPADDraftModel.from_target(target), sizes=(1, 4), prefix=16, rounds=1, long_prefix=64)
     assert (curve.context, curve.long_context) == (16, 64) and len(curve.long_verify_ms) == 2
     assert all(b >= a for a, b in zip(curve.verify_ms, curve.long_verify_ms)) and curve.long_head_step_ms >= curve.head_step_ms
-    assert 0 < curve.catch_up_ms <= curve.long_catch_up_ms  # timed apart from the expansions, after a verification
     short = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=40)).eval()
     curve = measure_costs(short, FSPADDraftModel.from_target(short), sizes=(1, 4), prefix=16, rounds=1, long_prefix=64)

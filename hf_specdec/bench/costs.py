@@ -158,13 +158,9 @@ def calibrate_main(argv=None):
     print(f"| verify ms after {curve.context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
     if curve.long_verify_ms:
         print(f"| verify ms after {curve.long_context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.long_verify_ms) + " |")
-    print(f"head expansion step (4 nodes): {curve.head_step_ms:.2f} ms"
-          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else ""))
-    if curve.catch_up_ms is not None:
-        print(f"head catch-up right after a verification (3 pairs): {curve.catch_up_ms:.2f} ms"
-              + (f" ({curve.long_catch_up_ms:.2f} ms after {curve.long_context})"
-                 if curve.long_catch_up_ms is not None else ""))
-    print(f"engine overhead assumed {curve.overhead_ms:.1f} ms")
+    print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms"
+          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else "")
+          + f"; engine overhead assumed {curve.overhead_ms:.1f} ms")
     return 0
 
 

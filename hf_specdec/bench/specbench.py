@@ -97,8 +97,7 @@ def parse_method(name: str) -> tuple[str, dict]:
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
     '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
-    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/cold-steps' (every
-    head step priced as a cycle's cold catch-up, the pricing before the two were timed apart)."""
+    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay)."""
     name, *options = name.split("/")
     extra = {}
     for option in options:
@@ -112,12 +111,10 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["context_free_costs"] = True
         elif option == "head-gate":
             extra["head_gate"] = True
-        elif option == "cold-steps":
-            extra["cold_steps"] = True
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/head-gate' and '/cold-steps'.")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free' and '/head-gate'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -138,7 +135,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose, /raw, /context-free, /head-gate and /cold-steps, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw, /context-free and /head-gate, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -180,16 +177,9 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         counter.count = 0
         start = time.perf_counter()
         kwargs = method_kwargs(name, heads, pld_tokens)
-        context_free, cold_steps = kwargs.pop("context_free_costs", False), kwargs.pop("cold_steps", False)
-        if context_free or cold_steps:
+        if kwargs.pop("context_free_costs", False):
             curve = cost_curve_for(target, kwargs["assistant_model"])
-            if cold_steps and curve.catch_up_ms is not None:
-                curve = dataclasses.replace(curve, head_step_ms=curve.catch_up_ms,
-                                            long_head_step_ms=curve.long_catch_up_ms or curve.catch_up_ms)
-            if context_free:
-                curve = dataclasses.replace(curve, long_context=0, long_verify_ms=(), long_head_step_ms=0.0,
-                                            long_catch_up_ms=None)
-            kwargs["cost_curve"] = curve
+            kwargs["cost_curve"] = dataclasses.replace(curve, long_context=0, long_verify_ms=(), long_head_step_ms=0.0)
         out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
                               **sampling, **kwargs)
         elapsed = time.perf_counter() - start

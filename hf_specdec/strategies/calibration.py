@@ -3,11 +3,9 @@ threads) in a few seconds, cached on disk, refreshable.
 
     hf-specdec calibrate [--model ...] [--refresh]      # measure (or show the cached curve): bench/costs.py
 
-Measured: one target forward over N tree tokens after a 256-token prefix, for N in VERIFY_SIZES, and the head's
-steps as a cycle runs them: a catch-up on 3 pairs right after a verification forward (cold: on a CPU the
-target's weights have just pushed the head's out of the caches), then expansion steps of 4 nodes (warm);
-medians of interleaved rounds; then the same after a 1,024-token prefix, so the sizing sees each cycle's own
-context (CostCurve.at). The engine's own host work per cycle is not in them;
+Measured: one target forward over N tree tokens after a 256-token prefix, for N in VERIFY_SIZES, and one head
+expansion step of 4 nodes; medians of interleaved rounds; then the same after a 1,024-token prefix, so the
+sizing sees each cycle's own context (CostCurve.at). The engine's own host work per cycle is not in them;
 OVERHEAD_MS stands for it (`hf-specdec overhead` measures it).
 """
 
@@ -44,7 +42,7 @@ _MEASURING = threading.Lock()
 
 def cost_key(model, head) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
-    parts = ["curve format 3: two contexts, cold catch-up",
+    parts = ["curve format 2: two contexts",
              model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
@@ -64,22 +62,21 @@ def _timed(fn) -> float:
 @torch.no_grad()
 def measure_costs(model, head, sizes=VERIFY_SIZES, prefix: int = PREFIX, rounds: int = ROUNDS,
                   long_prefix: int | None = LONG_PREFIX) -> CostCurve:
-    """Time verification forwards and head steps on random tokens (costs do not depend on the text), after
+    """Time verification forwards and a head step on random tokens (costs do not depend on the text), after
     `prefix` cached tokens and, unless `long_prefix` is None, after that many too."""
-    verify_ms, head_ms, catch_up_ms = _measure_at(model, head, sizes, prefix, rounds)
+    verify_ms, head_ms = _measure_at(model, head, sizes, prefix, rounds)
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if long_prefix is not None and limit is not None:  # a model with fewer positions gets what fits
         long_prefix = min(long_prefix, limit - max(sizes))
     if long_prefix is None or long_prefix <= prefix:
-        return CostCurve(tuple(sizes), tuple(verify_ms), head_ms, OVERHEAD_MS, prefix, catch_up_ms=catch_up_ms)
-    long_ms, long_head_ms, long_catch_up_ms = _measure_at(model, head, sizes, long_prefix, rounds)
+        return CostCurve(tuple(sizes), tuple(verify_ms), head_ms, OVERHEAD_MS, prefix)
+    long_ms, long_head_ms = _measure_at(model, head, sizes, long_prefix, rounds)
     long_ms = [max(a, b) for a, b in zip(verify_ms, long_ms)]  # more context never costs less (noise aside)
     return CostCurve(tuple(sizes), tuple(verify_ms), head_ms, OVERHEAD_MS, prefix, long_prefix, tuple(long_ms),
-                     max(head_ms, long_head_ms), catch_up_ms, max(catch_up_ms, long_catch_up_ms))
+                     max(head_ms, long_head_ms))
 
 
-def _measure_at(model, head, sizes, prefix: int, rounds: int) -> tuple[list[float], float, float]:
-    """(verify ms per size, warm expansion step ms, cold catch-up ms) after `prefix` cached tokens."""
+def _measure_at(model, head, sizes, prefix: int, rounds: int) -> tuple[list[float], float]:
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(0)).to(model.device)
     cache = DynamicCache(config=model.config)
@@ -99,36 +96,25 @@ def _measure_at(model, head, sizes, prefix: int, rounds: int) -> tuple[list[floa
             crop_cache(cache, prefix)
 
         jobs[n] = verify
-    k, pairs, expansions = 4, 3, 3
-    # k chains: the new node j at depth d descends from node j of every earlier level
-    ancestors = [torch.eye(k, dtype=torch.bool, device=model.device).repeat(1, d)[None] for d in range(1, expansions + 1)]
     expand = drafter.expand(prefix)
-    cycle_tree = sizes[len(sizes) // 2]
+    k = 4
+    ancestors = torch.eye(k, dtype=torch.bool, device=model.device)[None]
 
-    def head_steps() -> list[float]:
-        """A cycle's drafting after its verification: [catch-up ms, expansion ms, ...]."""
-        jobs[cycle_tree]()
-        times = [_timed(lambda: drafter.catch_up(ids[:, -pairs:], features[:, -pairs:], prefix - pairs))]
-        for depth in range(1, expansions + 1):
-            times.append(_timed(lambda: expand(ids[:, :k], features[:, :k], ancestors[depth - 1], depth)))
+    def head_step():
+        expand(ids[:, :k], features[:, :k], ancestors, 1)
         crop_cache(drafter.cache, prefix)
-        return times
 
+    jobs["head"] = head_step
     for fn in jobs.values():
         fn()  # warm-up
-    head_steps()
     samples = {key: [] for key in jobs}
-    catch_ups, steps = [], []
     for _ in range(rounds):
         for key, fn in jobs.items():
             samples[key].append(_timed(fn))
-        first, *rest = head_steps()
-        catch_ups.append(first)
-        steps.extend(rest)
     verify_ms = [statistics.median(samples[n]) for n in sizes]
     for i in range(1, len(verify_ms)):  # a larger tree never costs less (timing noise aside)
         verify_ms[i] = max(verify_ms[i], verify_ms[i - 1])
-    return verify_ms, statistics.median(steps), statistics.median(catch_ups)
+    return verify_ms, statistics.median(samples["head"])
 
 
 def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:

@@ -141,7 +141,7 @@ class TreeDrafts:
         keep, _ = best_tree_size(sorted(tree.estimates[0, 1:].tolist(), reverse=True), curve,
                                  self.spent_ms(curve, head_steps))
         if self.gate is not None and run_head:
-            head_ms = curve.drafting_ms(head_steps) + curve.verify(keep) - curve.verify(lookup_only[0])
+            head_ms = head_steps * curve.head_step_ms + curve.verify(keep) - curve.verify(lookup_only[0])
             self.last_cycle = (committed.shape[1], trie, head_ms)
         return prune_tree(tree, keep)
 
@@ -166,7 +166,7 @@ class TreeDrafts:
 
     @staticmethod
     def spent_ms(curve: CostCurve, head_steps: int) -> float:
-        return curve.overhead_ms + curve.drafting_ms(head_steps)
+        return curve.overhead_ms + head_steps * curve.head_step_ms
 
     def calibrated(self, path_probs: torch.Tensor) -> torch.Tensor:
         """The head's path probabilities as P(accepted) estimates."""
@@ -209,15 +209,14 @@ class BatchTreeDrafts:
         self.indexes = [self.indexes[i] for i in rows.tolist()]
 
     @staticmethod
-    def batch_scale(curve: CostCurve, batch_size: int, k: int) -> float:
+    def head_step_ms(curve: CostCurve, batch_size: int, k: int) -> float:
         """A head step over B rows of k nodes costs what the target's curve says B times the tokens cost,
         relative to one row."""
-        return curve.verify(batch_size * k) / curve.verify(k)
+        return curve.head_step_ms * curve.verify(batch_size * k) / curve.verify(k)
 
     def spent_ms(self, curve: CostCurve, head_steps: int, batch_size: int) -> float:
         """Host work grows with the rows (each is verified and emitted alone), head steps with the batch."""
-        return (batch_size * curve.overhead_ms
-                + curve.drafting_ms(head_steps) * self.batch_scale(curve, batch_size, self.drafts.shape.top_k))
+        return batch_size * curve.overhead_ms + head_steps * self.head_step_ms(curve, batch_size, self.drafts.shape.top_k)
 
     def __call__(self, committed: list[torch.Tensor], draft_state, slots) -> list[DraftTree]:
         d = self.drafts
@@ -236,8 +235,7 @@ class BatchTreeDrafts:
                 best = d.calibrated(candidate_scores.topk(keep).values.exp()).tolist()
                 rows = [sorted(b + extra, reverse=True) for b, extra in zip(best, lookup_best)]
                 return batch_expansion_pays(rows, d.calibrated(frontier_scores.exp()).tolist(), curve,
-                                            self.spent_ms(curve, level, B),
-                                            curve.head_step_ms * self.batch_scale(curve, B, d.shape.top_k))
+                                            self.spent_ms(curve, level, B), self.head_step_ms(curve, B, d.shape.top_k))
 
         roots = torch.cat([c[:, -1] for c in committed])
         tree = d.calibrated_tree(grow_tree(d.drafter.expand(slots), roots, log_probs, feature, d.shape.top_k, d.depth,

@@ -30,12 +30,10 @@ from .structure import DraftTree
 class CostCurve:
     """Measured costs for one (target, head, device, dtype, threads): `verify_ms[i]` for a forward over
     `sizes[i]` tree tokens (sizes ascending, starting at 1) after `context` cached tokens, `head_step_ms` for
-    one head expansion step there, `overhead_ms` for the host work of one cycle outside the two. A cycle's first
-    head forward (its catch-up) runs right after the target's, with the head's weights evicted from the CPU's
-    caches by the target's: `catch_up_ms` is that cold step (None: as `head_step_ms`), the expansions after it
-    run warm. With the same measured after `long_context` cached tokens (`long_verify_ms`,
-    `long_head_step_ms`, `long_catch_up_ms`), `at(L)` gives the curve for a cycle after L cached tokens: every
-    tree token attends to the whole prefix, so both the level of c and its slope per tree token grow with L."""
+    one head step there, `overhead_ms` for the host work of one cycle outside the two. With the same measured
+    after `long_context` cached tokens (`long_verify_ms`, `long_head_step_ms`), `at(L)` gives the curve for a
+    cycle after L cached tokens: every tree token attends to the whole prefix, so both the level of c and its
+    slope per tree token grow with L."""
 
     sizes: tuple[int, ...]
     verify_ms: tuple[float, ...]
@@ -45,15 +43,6 @@ class CostCurve:
     long_context: int = 0
     long_verify_ms: tuple[float, ...] = ()
     long_head_step_ms: float = 0.0
-    catch_up_ms: float | None = None
-    long_catch_up_ms: float | None = None
-
-    def drafting_ms(self, head_steps: int) -> float:
-        """What `head_steps` head forwards of one cycle cost: its catch-up (cold), then warm expansions."""
-        if head_steps <= 0:
-            return 0.0
-        first = self.head_step_ms if self.catch_up_ms is None else self.catch_up_ms
-        return first + (head_steps - 1) * self.head_step_ms
 
     def verify(self, n: int) -> float:
         """c(n), linear between measured sizes and beyond the last two."""
@@ -77,12 +66,7 @@ class CostCurve:
         ms = [between(a, b) for a, b in zip(self.verify_ms, self.long_verify_ms)]
         for i in range(1, len(ms)):
             ms[i] = max(ms[i], ms[i - 1])
-        catch_up = None
-        if self.catch_up_ms is not None:
-            long_catch_up = self.catch_up_ms if self.long_catch_up_ms is None else self.long_catch_up_ms
-            catch_up = between(self.catch_up_ms, long_catch_up)
-        return CostCurve(self.sizes, tuple(ms), between(self.head_step_ms, self.long_head_step_ms), self.overhead_ms,
-                         catch_up_ms=catch_up)
+        return CostCurve(self.sizes, tuple(ms), between(self.head_step_ms, self.long_head_step_ms), self.overhead_ms)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,9 +75,7 @@ class CostCurve:
     def from_dict(cls, d: dict) -> "CostCurve":
         return cls(tuple(d["sizes"]), tuple(d["verify_ms"]), float(d["head_step_ms"]), float(d.get("overhead_ms", 0)),
                    int(d.get("context", 0)), int(d.get("long_context", 0)), tuple(d.get("long_verify_ms", ())),
-                   float(d.get("long_head_step_ms", 0.0)),
-                   None if d.get("catch_up_ms") is None else float(d["catch_up_ms"]),
-                   None if d.get("long_catch_up_ms") is None else float(d["long_catch_up_ms"]))
+                   float(d.get("long_head_step_ms", 0.0)))
 
 
 @dataclass(frozen=True)
