@@ -189,3 +189,24 @@ def test_head_attention_is_llama_attention_bit_for_bit(dtype):
             ref, _ = attn(x, position_embeddings=pe, attention_mask=mask, cache=caches[0])
             ours = head_attention(attn, x, pe, mask, caches[1], is_causal=False)
             assert torch.equal(ref, ours), cached
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_table_lookup_is_the_rotary_embedding_bit_for_bit(llama, dtype):
+    """A head forward told a bound on its positions (a drafter's cache length) looks cos / sin up in a table; the
+    values, and so the head's outputs, are the rotary module's own, as the table grows and after a dtype change."""
+    head = FSPADDraftModel.from_target(llama).to(dtype).eval()
+    h = torch.zeros(2, 3, 64, dtype=dtype)
+    with torch.no_grad():
+        for positions in (torch.tensor([[0, 1, 2], [5, 5, 6]]), torch.tensor([[250, 255, 255], [3, 4, 5]]),
+                          torch.tensor([[1000, 1001, 1002], [2047, 2047, 2047]]), torch.tensor([[7, 7, 7]] * 2)):
+            bound = int(positions.max()) + 1
+            for ours, ref in zip(head.position_embeddings(h, positions, bound), head.rotary_emb(h, positions)):
+                assert ours.dtype == dtype and torch.equal(ours, ref)
+        assert head._rotary_table[1].shape[1] >= 2048  # grown past the first 256 positions
+        ids, feats = torch.tensor([[3, 9, 4]]), torch.randn(1, 3, 64, dtype=dtype)
+        pos = torch.tensor([[300, 301, 302]])
+        plain = head(input_ids=ids, features=feats, position_ids=pos)
+        looked_up = head(input_ids=ids, features=feats, position_ids=pos, max_position=303)
+        assert torch.equal(plain.hidden_states, looked_up.hidden_states)
+        assert torch.equal(plain.features, looked_up.features)

@@ -104,7 +104,7 @@ class Eagle3DraftModel(DraftHead):
         return self.lm_head(hidden_states)
 
     def forward(self, input_ids=None, features=None, position_ids=None, attention_mask=None, cache=None,
-                inputs_embeds=None, past_key_values=None) -> DraftOutput:
+                inputs_embeds=None, past_key_values=None, max_position=None) -> DraftOutput:
         """One pass. features [B, q, 3H'] (the target's fused hidden states) or [B, q, H] (the head's own
         output, fed back); otherwise as FSPADDraftModel.forward."""
         cache = cache if cache is not None else past_key_values
@@ -119,7 +119,7 @@ class Eagle3DraftModel(DraftHead):
                              "attention_mask (causal attention would attend to the first cached keys).")
         if position_ids is None:
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
-        cos_sin = self.rotary_emb(h, position_ids)
+        cos_sin = self.position_embeddings(h, position_ids, max_position)
         normed_h = rms_norm(layer.hidden_norm, h)
         residual = normed_h if layer.norm_before_residual else h
         attn = head_attention(layer.self_attn, torch.cat([rms_norm(layer.input_layernorm, e), normed_h], dim=-1), cos_sin,

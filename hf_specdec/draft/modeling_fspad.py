@@ -117,11 +117,13 @@ class FSPADDraftModel(DraftHead):
         cache=None,
         inputs_embeds: torch.Tensor | None = None,
         past_key_values=None,
+        max_position: int | None = None,
     ) -> FSPADOutput:
         """One pass of the head.
 
         input_ids [B, q] (the tokens x_{t+1}) or inputs_embeds [B, q, H]; features [B, q, H] (f_t);
-        position_ids [B, q]; cache (or its old name past_key_values): the head's KV cache, or None;
+        position_ids [B, q]; max_position: a bound on them the caller knows, for the rotary table
+        (`position_embeddings`); cache (or its old name past_key_values): the head's KV cache, or None;
         attention_mask: a 4D mask over the cache and the new tokens (additive [B, 1, q, kv], or the packed
         tree form for the tree attention implementation), or None for causal attention -- allowed only when
         the cache is empty or one token is fed, since attention with is_causal and fewer queries than keys
@@ -143,7 +145,7 @@ class FSPADDraftModel(DraftHead):
             )
         if position_ids is None:
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
-        cos_sin = self.rotary_emb(h, position_ids)
+        cos_sin = self.position_embeddings(h, position_ids, max_position)
         is_causal = attention_mask is None and h.shape[1] > 1
         a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal)
         m = rms_norm(self.post_attention_layernorm, a)

@@ -104,6 +104,10 @@ def _measure_at(model, head, sizes, prefix: int, rounds: int) -> tuple[list[floa
         expand(ids[:, :k], features[:, :k], ancestors, 1)
         crop_cache(drafter.cache, prefix)
 
+    # Timed last in each round, right after the largest verification: cold, as a cycle's catch-up runs (the
+    # target's weights have just pushed the head's out of the CPU's caches; 32 ms against 7.4 ms warm on
+    # 2026-12-02). Every step is priced so: pricing the expansions after the catch-up warm, what they cost
+    # alone, drafted deeper and was slower on held-out prompts (README, "The cost curve").
     jobs["head"] = head_step
     for fn in jobs.values():
         fn()  # warm-up

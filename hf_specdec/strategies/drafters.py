@@ -46,7 +46,9 @@ class HeadDrafter:
         if isinstance(cached, Slots):
             crop_cache(self.cache, cached.width)
             positions, mask = cached.positions_of(real), cached.mask(self.head, chain_ancestors(real))
+            bound = cached.width + P
         else:
+            bound = cached + P
             crop_cache(self.cache, cached)
             positions = torch.arange(cached, cached + P, device=tokens.device)[None]
             # The new pairs see the whole cache and each other causally: a chain is a tree whose ancestors are
@@ -54,7 +56,7 @@ class HeadDrafter:
             chain = torch.ones(P, P, dtype=torch.bool, device=tokens.device).tril()[None]
             mask = tree_mask_for(self.head, chain, cached)
         out = self.head(input_ids=tokens, features=features, position_ids=positions, attention_mask=mask,
-                        cache=self.cache)
+                        cache=self.cache, max_position=bound)
         self.stats.draft_forwards += 1
         if real is None:
             hidden, features = out.hidden_states[:, -1], out.features[:, -1]
@@ -70,13 +72,13 @@ class HeadDrafter:
         def expand(tokens, features, slot_ancestors, depth):
             if isinstance(cached, Slots):
                 mask, positions = cached.mask(self.head, slot_ancestors), cached.positions(torch.full_like(tokens, depth - 1))
+                bound = cached.width + depth
             else:
                 mask = tree_mask_for(self.head, slot_ancestors, cached)
                 positions = torch.full(tokens.shape, cached + depth - 1, device=tokens.device)
-            out = self.head(
-                input_ids=tokens, features=features, position_ids=positions,
-                attention_mask=mask, cache=self.cache,
-            )
+                bound = cached + depth
+            out = self.head(input_ids=tokens, features=features, position_ids=positions, attention_mask=mask,
+                            cache=self.cache, max_position=bound)
             self.stats.draft_forwards += 1
             return self.head.compute_logits(out.hidden_states).float().log_softmax(-1), out.features
 
