@@ -210,3 +210,8 @@ def test_rotary_table_lookup_is_the_rotary_embedding_bit_for_bit(llama, dtype):
         looked_up = head(input_ids=ids, features=feats, position_ids=pos, max_position=303)
         assert torch.equal(plain.hidden_states, looked_up.hidden_states)
         assert torch.equal(plain.features, looked_up.features)
+        other = torch.bfloat16 if dtype == torch.float32 else torch.float32
+        head.to(other)  # a new dtype (and inv_freq buffer): the table is built again, not reused
+        positions = torch.tensor([[40, 41, 42]] * 2)
+        for ours, ref in zip(head.position_embeddings(h.to(other), positions, 43), head.rotary_emb(h.to(other), positions)):
+            assert ours.dtype == other and torch.equal(ours, ref)
