@@ -148,6 +148,11 @@ def test_compact_and_crop_cache():
     assert cache.get_seq_length() == 3
     crop_cache(cache, 7)  # longer than the cache: nothing to do
     assert cache.get_seq_length() == 3
+    for layer in range(3):  # a cycle that accepted nothing keeps the root's entry after the prefix
+        cache.update(k[:, :, :4] + layer, k[:, :, :4] - layer, layer)
+    compact_cache(cache, 3, torch.tensor([0]))
+    assert cache.get_seq_length() == 4
+    assert cache.layers[2].keys[0, 0, :, 0].tolist() == [v + 2 for v in (0, 1, 2, 0)]
 
 
 def test_non_dynamic_caches_are_refused():

@@ -36,16 +36,20 @@ def compact_cache(cache: DynamicCache, prefix_len: int, path: torch.Tensor) -> N
     if not layers:
         return
     P = path.shape[0]
-    unique = {t.data_ptr(): t for layer in layers for t in (layer.keys, layer.values)}  # move shared storage once
-    if kernels_serve(layers[0].keys.device):
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        for t in unique.values():
-            groups.setdefault((t.shape, t.stride(), t.dtype, t.device), []).append(t)
-        for tensors in groups.values():
-            kernels().compact_kv(tensors, prefix_len, path)
-    else:
-        for t in unique.values():
-            t[..., prefix_len : prefix_len + P, :] = t.index_select(-2, prefix_len + path.to(t.device))
+    if P > 1:  # the root's entry (path[0] = 0) is in place already: a cycle that accepted nothing moves nothing
+        unique = {t.data_ptr(): t for layer in layers for t in (layer.keys, layer.values)}  # shared storage once
+        if kernels_serve(layers[0].keys.device):
+            groups: dict[tuple, list[torch.Tensor]] = {}
+            for t in unique.values():
+                groups.setdefault((t.shape, t.stride(), t.dtype, t.device), []).append(t)
+            for tensors in groups.values():
+                kernels().compact_kv(tensors, prefix_len, path)
+        else:
+            sources: dict[torch.device, torch.Tensor] = {}
+            for t in unique.values():
+                if t.device not in sources:  # a model split over devices keeps its layers' caches on each
+                    sources[t.device] = (prefix_len + path[1:]).to(t.device)
+                t[..., prefix_len + 1 : prefix_len + P, :] = t.index_select(-2, sources[t.device])
     for layer in layers:
         layer.keys = layer.keys[..., : prefix_len + P, :]
         layer.values = layer.values[..., : prefix_len + P, :]
