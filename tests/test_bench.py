@@ -99,7 +99,8 @@ def test_method_names_with_tree_shapes():
         "fspad", {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16, "lookup_tokens": 12, "lookup_mode": "choose"})
     assert specbench.parse_method("fspad/lookup=0/raw") == ("fspad", {"lookup_tokens": 0, "estimate_calibration": False})
     assert specbench.parse_method("fspad/head-gate") == ("fspad", {"head_gate": True})
-    for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge"):
+    assert specbench.parse_method("fspad/head-cost=1.5") == ("fspad", {"head_cost_scale": 1.5})
+    for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge", "fspad/head-cost=0", "fspad/head-cost=x"):
         with pytest.raises(ValueError, match="'/lookup=N'|follow fspad"):
             specbench.parse_method(bad)
 

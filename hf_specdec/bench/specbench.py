@@ -97,7 +97,9 @@ def parse_method(name: str) -> tuple[str, dict]:
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
     '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
-    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay)."""
+    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/head-cost=X' (the
+    cost curve with its head steps X times what was measured: how sizing would draft where head steps cost more,
+    or less, relative to a verification)."""
     name, *options = name.split("/")
     extra = {}
     for option in options:
@@ -111,12 +113,22 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["context_free_costs"] = True
         elif option == "head-gate":
             extra["head_gate"] = True
+        elif option.startswith("head-cost=") and _positive_float(option[10:]):
+            extra["head_cost_scale"] = float(option[10:])
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free' and '/head-gate'.")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/head-gate' and "
+                             "'/head-cost=X' (X > 0).")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
+
+
+def _positive_float(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def _parse_base(name: str) -> tuple[str, dict]:
@@ -135,7 +147,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose, /raw, /context-free and /head-gate, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw, /context-free, /head-gate and /head-cost=X, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -177,9 +189,15 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         counter.count = 0
         start = time.perf_counter()
         kwargs = method_kwargs(name, heads, pld_tokens)
-        if kwargs.pop("context_free_costs", False):
+        context_free, head_cost = kwargs.pop("context_free_costs", False), kwargs.pop("head_cost_scale", None)
+        if context_free or head_cost is not None:
             curve = cost_curve_for(target, kwargs["assistant_model"])
-            kwargs["cost_curve"] = dataclasses.replace(curve, long_context=0, long_verify_ms=(), long_head_step_ms=0.0)
+            if head_cost is not None:
+                curve = dataclasses.replace(curve, head_step_ms=head_cost * curve.head_step_ms,
+                                            long_head_step_ms=head_cost * curve.long_head_step_ms)
+            if context_free:
+                curve = dataclasses.replace(curve, long_context=0, long_verify_ms=(), long_head_step_ms=0.0)
+            kwargs["cost_curve"] = curve
         out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
                               **sampling, **kwargs)
         elapsed = time.perf_counter() - start
