@@ -30,8 +30,9 @@ hf-specdec distill --prompts "$RUN/second_turn.jsonl" --max-prompt-tokens 1024 -
     --max-new-tokens 192 --out "$RUN/second_turn_answers.jsonl"
 
 # 4. Long context: T0 rows with passages (385..2048 prompt tokens), which the v2 recipe skipped. The first 4,000
-#    T0 rows hold ~720 of them; all 19k hold 3,406, ~6 CPU hours at one thread (prompts are answered shortest
-#    first, so a run cut short would keep only the shortest: the row limit keeps the natural length spread).
+#    T0 rows hold 1,126 of them (all 19k hold 3,406), at ~90 s a prompt on one thread in a slow hour. Prompts are
+#    answered shortest first: the run behind features_v31 stopped at the 464 shortest (up to 1,024 tokens) so
+#    that the features could start; running this step again continues with the longer ones.
 hf-specdec distill --prompts "$POOL" --sources t0-train --limit 4000 --min-prompt-tokens 385 --max-prompt-tokens 2048 \
     --batch-size 8 --max-new-tokens 192 --out "$RUN/long_context.jsonl"
 
