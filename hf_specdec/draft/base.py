@@ -240,8 +240,8 @@ class DraftHead(PreTrainedModel):
         key = (h.device, h.dtype, inv_freq.data_ptr(), inv_freq._version)
         table = getattr(self, "_rotary_table", None)
         if table is None or table[0] != key or table[1].shape[1] < max_position:
-            n = max(max_position, 2 * table[1].shape[1] if table is not None and table[0] == key else 256)
-            cos, sin = self.rotary_emb(h[:1, :1], torch.arange(n, device=h.device)[None])
+            grown = 2 * table[1].shape[1] if table is not None and table[0] == key else 256
+            cos, sin = self.rotary_emb(h[:1, :1], torch.arange(max(max_position, grown), device=h.device)[None])
             table = self._rotary_table = (key, cos, sin)
         _, cos, sin = table
         return cos[0, position_ids], sin[0, position_ids]

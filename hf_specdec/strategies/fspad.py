@@ -104,7 +104,9 @@ class TreeDrafts:
         self.draft_to_target = draft_to_target
         self.head_calibration = head_calibration
         # with a gate (cost-sized trees, a DeferredHeadDrafter), a cycle may draft without the head
-        self.gate = gate if curve is not None else None
+        if gate is not None and curve is None:
+            raise ValueError("a head gate prices the head with a cost curve: give TreeDrafts the curve, or no gate")
+        self.gate = gate
         self.last_cycle: tuple | None = None  # (committed length, trie, head cost in ms) of a cycle that ran the head
         # a lookup node is accepted less often when the target samples (with its draw probability) than when it
         # takes its argmax: each has its own calibration
@@ -320,15 +322,14 @@ def fspad_generate(
                          "tree_depth / tree_total_tokens, or head_gate.")
     if head_gate and batched:
         raise NotImplementedError("head_gate=True decodes one row at a time; a batch runs the head every cycle.")
-    gated = head_gate
     stats = SpecDecodeStats()
-    drafter = (DeferredHeadDrafter if gated else HeadDrafter)(head, stats)
+    drafter = (DeferredHeadDrafter if head_gate else HeadDrafter)(head, stats)
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
     sampling = bool(generation_config.do_sample)
     grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=sampling,
                       head_calibration=head_estimate_calibration(head, estimate_calibration, sampling),
-                      gate=HeadGate() if gated else None)
+                      gate=HeadGate() if head_gate else None)
 
     def verify(tree, scores):
         if generation_config.do_sample:
