@@ -25,18 +25,36 @@ from hf_specdec.heads import default_draft
 from hf_specdec.tree import EstimateCalibration
 
 
+def accepted_nodes(tokens: list[int], parents: list[int], emitted: list[int]) -> list[bool]:
+    """Which nodes of a verified tree were on its accepted path, from the draft tokens committed after it
+    (siblings carry distinct tokens, so the path is the one spelling them out)."""
+    on_path, node = [False] * len(tokens), 0
+    on_path[0] = True
+    for token in emitted:
+        child = next((i for i, p in enumerate(parents) if p == node and tokens[i] == token), None)
+        if child is None:
+            break
+        on_path[child], node = True, child
+    return on_path
+
+
 def record_cycles(target, tok, prompts, generate_kwargs) -> list[dict]:
     cycles, real_call = [], fspad_module.TreeDrafts.__call__
 
     def timed_call(self, committed, draft_state, cached):
         now = time.perf_counter()
         if cycles and "ms" not in cycles[-1] and cycles[-1]["answer"] == answer[0]:
-            cycles[-1]["ms"] = (now - cycles[-1]["start"]) * 1000
+            last = cycles[-1]
+            last["ms"] = (now - last["start"]) * 1000
+            last["accepted"] = accepted_nodes(last["tokens"], last["parents"], committed[0, last["length"]:-1].tolist())
         steps_before = self.drafter.stats.draft_forwards
         tree = real_call(self, committed, draft_state, cached)
         steps, n, curve = 1 + self.drafter.stats.draft_forwards - steps_before, tree.num_nodes, self.curve
         cycles.append({"answer": answer[0], "start": now, "n": n, "steps": steps, "cached": cached,
-                       "predicted_ms": curve.overhead_ms + steps * curve.head_step_ms + curve.verify(n)})
+                       "predicted_ms": curve.overhead_ms + steps * curve.head_step_ms + curve.verify(n),
+                       "length": committed.shape[1], "tokens": tree.tokens[0].tolist(),
+                       "parents": tree.parents[0].tolist(), "depths": tree.depths[0].tolist(),
+                       "estimates": tree.estimates[0].tolist()})
         return tree
 
     answer = [0]
@@ -50,14 +68,41 @@ def record_cycles(target, tok, prompts, generate_kwargs) -> list[dict]:
             target.generate(ids, strategy="fspad", **{"max_new_tokens": 128, **generate_kwargs})
     finally:
         fspad_module.TreeDrafts.__call__ = real_call
-    return [c for c in cycles if "ms" in c]  # an answer's last cycle has no next growth to end it
+    return [c for c in cycles if "ms" in c]  # an answer's last cycle has no next growth to end it (nor a path)
 
 
 def fit(cycles, key) -> dict:
+    """Least squares of a cycle's time on its tree tokens, head steps, cached tokens and emitted tokens (the
+    accepted path and the bonus token: what the catch-up, compaction and emission work on)."""
     X = np.column_stack([np.ones(len(cycles)), [c["n"] for c in cycles], [c["steps"] for c in cycles],
-                         [c["cached"] for c in cycles]])
+                         [c["cached"] for c in cycles], [sum(c["accepted"]) for c in cycles]])
     coef, *_ = np.linalg.lstsq(X, np.array([c[key] for c in cycles]), rcond=None)
-    return dict(zip(["ms", "ms_per_tree_token", "ms_per_head_step", "ms_per_cached_token"], coef.round(4).tolist()))
+    return dict(zip(["ms", "ms_per_tree_token", "ms_per_head_step", "ms_per_cached_token", "ms_per_emitted_token"],
+                    coef.round(4).tolist()))
+
+
+def reliability(cycles) -> list[dict]:
+    """Predicted vs observed acceptance of the nodes the sizing kept (the root aside), by estimate bin, and the
+    cycle's expected tokens (1 + sum of its estimates) beside what it emitted, by tree size."""
+    rows = []
+    edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01]
+    nodes = [(e, a, d) for c in cycles for e, a, d in zip(c["estimates"][1:], c["accepted"][1:], c["depths"][1:])]
+    for lo, hi in zip(edges, edges[1:]):
+        inside = [(e, a) for e, a, _ in nodes if lo <= e < hi]
+        if inside:
+            rows.append({"bin": f"{lo:.1f}-{min(hi, 1.0):.1f}", "nodes": len(inside),
+                         "predicted": float(np.mean([e for e, _ in inside])), "observed": float(np.mean([a for _, a in inside]))})
+    for depth in sorted({d for _, _, d in nodes}):
+        inside = [(e, a) for e, a, d in nodes if d == depth]
+        rows.append({"bin": f"depth {depth}", "nodes": len(inside),
+                     "predicted": float(np.mean([e for e, _ in inside])), "observed": float(np.mean([a for _, a in inside]))})
+    for lo, hi in ((1, 2), (2, 5), (5, 9), (9, 17), (17, 25), (25, 49)):
+        inside = [c for c in cycles if lo <= c["n"] < hi]
+        if inside:
+            rows.append({"bin": f"cycles N {lo}-{hi - 1}", "nodes": len(inside),
+                         "predicted": float(np.mean([1 + sum(c["estimates"][1:]) for c in inside])),
+                         "observed": float(np.mean([1 + sum(c["accepted"][1:]) for c in inside]))})
+    return rows
 
 
 def main():
@@ -86,11 +131,18 @@ def main():
               "fit_measured": fit(cycles, "ms"), "fit_predicted": fit(cycles, "predicted_ms")}
     print(f"{report['cycles']} cycles: {report['mean_ms']:.1f} ms measured, {report['mean_predicted_ms']:.1f} ms "
           f"predicted; {report['mean_tree_tokens']:.1f} tree tokens, {report['mean_head_steps']:.2f} head steps per cycle")
-    print("| cycle ~ | a (ms) | per tree token | per head step | per cached token |\n|---|---|---|---|---|")
+    print("| cycle ~ | a (ms) | per tree token | per head step | per cached token | per emitted token |\n"
+          "|---|---|---|---|---|---|")
     for name in ("measured", "predicted"):
         f = report[f"fit_{name}"]
         print(f"| {name} | {f['ms']:.1f} | {f['ms_per_tree_token']:.3f} | {f['ms_per_head_step']:.2f} | "
-              f"{f['ms_per_cached_token']:.4f} |")
+              f"{f['ms_per_cached_token']:.4f} | {f['ms_per_emitted_token']:.2f} |")
+    report["reliability"] = reliability(cycles)
+    report["cycles_each"] = [{k: c[k] for k in ("answer", "n", "steps", "cached", "ms", "predicted_ms")}
+                             | {"emitted": sum(c["accepted"])} for c in cycles]
+    print("\n| kept nodes / cycles | count | predicted | observed |\n|---|---|---|---|")
+    for r in report["reliability"]:
+        print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
     if args.out:
         json.dump(report, open(args.out, "w"), indent=1)
 

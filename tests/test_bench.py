@@ -100,9 +100,26 @@ def test_method_names_with_tree_shapes():
     assert specbench.parse_method("fspad/lookup=0/raw") == ("fspad", {"lookup_tokens": 0, "estimate_calibration": False})
     assert specbench.parse_method("fspad/head-gate") == ("fspad", {"head_gate": True})
     assert specbench.parse_method("fspad/head-cost=1.5") == ("fspad", {"head_cost_scale": 1.5})
-    for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge", "fspad/head-cost=0", "fspad/head-cost=x"):
+    assert specbench.parse_method("fspad/calibration=maps.json") == ("fspad", {"estimate_calibration_file": "maps.json"})
+    assert specbench.parse_method("fspad/lookup=0/calibration=runs/a/maps.json") == (
+        "fspad", {"lookup_tokens": 0, "estimate_calibration_file": "runs/a/maps.json"})
+    for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge", "fspad/head-cost=0", "fspad/head-cost=x",
+                "fspad/calibration="):
         with pytest.raises(ValueError, match="'/lookup=N'|follow fspad"):
             specbench.parse_method(bad)
+
+
+def test_calibration_option_reads_the_map_of_the_decoding_mode(tmp_path):
+    maps = {"greedy": {"x": [0.0, 0.5, 1.0], "y": [0.0, 0.7, 0.9]}, "sampling": {"x": [0.0, 1.0], "y": [0.0, 0.5]}}
+    path = tmp_path / "maps.json"
+    path.write_text(json.dumps(maps))
+    assert specbench.load_estimate_calibration(str(path), sampling=False).y == (0.0, 0.7, 0.9)
+    assert specbench.load_estimate_calibration(str(path), sampling=True).y == (0.0, 0.5)
+    path.write_text(json.dumps({"greedy": maps["greedy"]}))
+    with pytest.raises(ValueError, match="'sampling' map"):
+        specbench.load_estimate_calibration(str(path), sampling=True)
+    with pytest.raises(ValueError, match="need a JSON file"):
+        specbench.load_estimate_calibration(str(tmp_path / "missing.json"), sampling=False)
 
 
 def test_plot_writes_one_chart_per_temperature(tmp_path):

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import chisquare
 
 from hf_specdec.tree import DraftTree
-from hf_specdec.verification import accept_deterministic_drafts, verify_greedy, verify_sampling
+from hf_specdec.verification import accept_deterministic_drafts, first_argmax, verify_greedy, verify_sampling
 
 
 def one_hot_scores(n_nodes, vocab, argmaxes):
@@ -81,3 +81,18 @@ def test_sampling_walk_follows_accepted_children():
     probs[0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])  # both children impossible: residual gives 4
     verdict = verify_sampling(tree, probs.log())
     assert verdict.path.tolist() == [[0]] and verdict.next_tokens.tolist() == [4]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_argmax_is_argmax_with_ties_nan_and_inf(dtype):
+    """The greedy rule's faster argmax picks exactly what stock greedy's argmax picks: the first of tied maxima,
+    NaN wherever a row has one, the first index of an all -inf row."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(1, 40, (), generator=g))
+        scores = torch.randint(-3, 3, (1, n, 4099), generator=g).to(dtype)  # many tied maxima per row
+        scores[0, 0, torch.randint(0, 4099, (3,), generator=g)] = float("nan")
+        scores[0, -1] = float("-inf")
+        assert torch.equal(first_argmax(scores), scores.argmax(-1))
+    tied = torch.tensor([[1.0, 5.0, 5.0, 2.0, 5.0]])
+    assert first_argmax(tied).tolist() == [1]

@@ -34,6 +34,7 @@ import torch
 
 from ..strategies.calibration import cost_curve_for
 from ..strategies.spechub import full_tree_size
+from ..tree import EstimateCalibration
 
 DEV_QUESTIONS = Path(__file__).resolve().parent / "data" / "spec_bench_dev.jsonl"  # shipped (data/README.md)
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
@@ -99,9 +100,15 @@ def parse_method(name: str) -> tuple[str, dict]:
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
     '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/head-cost=X' (the
     cost curve with its head steps X times what was measured: how sizing would draft where head steps cost more,
-    or less, relative to a verification)."""
+    or less, relative to a verification), '/calibration=PATH', last (estimate_calibration from a JSON of maps,
+    {"greedy": {x, y}, "sampling": {x, y}}, the one for the decoding mode; the shipped head's are in its
+    folder's estimate_calibration.json)."""
     name, *options = name.split("/")
     extra = {}
+    for i, option in enumerate(options):  # a calibration PATH may hold '/': it takes the rest of the name
+        if option.startswith("calibration="):
+            options[i:] = ["/".join(options[i:])]
+            break
     for option in options:
         if name.partition("@")[0] not in ("fspad", "eagle2"):
             raise ValueError(f"Method {name}/{option}: options after '/' follow fspad or eagle2 only.")
@@ -115,13 +122,25 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["head_gate"] = True
         elif option.startswith("head-cost=") and _positive_float(option[10:]):
             extra["head_cost_scale"] = float(option[10:])
+        elif option.startswith("calibration=") and option[12:]:
+            extra["estimate_calibration_file"] = option[12:]
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/head-gate' and "
-                             "'/head-cost=X' (X > 0).")
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/head-gate', "
+                             "'/head-cost=X' (X > 0) and '/calibration=PATH'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
+
+
+def load_estimate_calibration(path: str, sampling: bool) -> EstimateCalibration:
+    """The map for one decoding mode from a JSON of {"greedy": {x, y}, "sampling": {x, y}}."""
+    mode = "sampling" if sampling else "greedy"
+    try:
+        return EstimateCalibration.from_dict(json.loads(Path(path).read_text())[mode])
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"/calibration={path}: need a JSON file with a {mode!r} map ({{'x': [...], 'y': [...]}}); "
+                         f"{type(err).__name__}: {err}") from None
 
 
 def _positive_float(text: str) -> bool:
@@ -190,6 +209,9 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         start = time.perf_counter()
         kwargs = method_kwargs(name, heads, pld_tokens)
         context_free, head_cost = kwargs.pop("context_free_costs", False), kwargs.pop("head_cost_scale", None)
+        if "estimate_calibration_file" in kwargs:
+            kwargs["estimate_calibration"] = load_estimate_calibration(kwargs.pop("estimate_calibration_file"),
+                                                                       sampling=bool(temperature))
         if context_free or head_cost is not None:
             curve = cost_curve_for(target, kwargs["assistant_model"])
             if head_cost is not None:

@@ -29,7 +29,7 @@ from ..tree import (
     tree_mask_for,
     tree_position_ids,
 )
-from ..verification import Verdict
+from ..verification import Verdict, first_argmax
 from .common import (
     SpecDecodeStats,
     TokenEmitter,
@@ -116,7 +116,7 @@ def choose_token(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
     """The next token from processed scores [B, V], as stock generate picks it."""
     if do_sample:
         return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
-    return scores.argmax(-1)
+    return first_argmax(scores)
 
 
 def open_request(strategy: str, model, input_ids, generation_config: GenerationConfig, synced_gpus: bool,
