@@ -82,27 +82,21 @@ def fit(cycles, key) -> dict:
 
 
 def reliability(cycles) -> list[dict]:
-    """Predicted vs observed acceptance of the nodes the sizing kept (the root aside), by estimate bin, and the
-    cycle's expected tokens (1 + sum of its estimates) beside what it emitted, by tree size."""
-    rows = []
-    edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01]
+    """Predicted vs observed acceptance of the nodes the sizing kept (the root aside), by estimate bin and by
+    depth, and the cycle's expected tokens (1 + sum of its estimates) beside what it emitted, by tree size."""
+    def row(label, pairs):
+        return {"bin": label, "nodes": len(pairs), "predicted": float(np.mean([p for p, _ in pairs])),
+                "observed": float(np.mean([o for _, o in pairs]))}
+
     nodes = [(e, a, d) for c in cycles for e, a, d in zip(c["estimates"][1:], c["accepted"][1:], c["depths"][1:])]
-    for lo, hi in zip(edges, edges[1:]):
-        inside = [(e, a) for e, a, _ in nodes if lo <= e < hi]
-        if inside:
-            rows.append({"bin": f"{lo:.1f}-{min(hi, 1.0):.1f}", "nodes": len(inside),
-                         "predicted": float(np.mean([e for e, _ in inside])), "observed": float(np.mean([a for _, a in inside]))})
-    for depth in sorted({d for _, _, d in nodes}):
-        inside = [(e, a) for e, a, d in nodes if d == depth]
-        rows.append({"bin": f"depth {depth}", "nodes": len(inside),
-                     "predicted": float(np.mean([e for e, _ in inside])), "observed": float(np.mean([a for _, a in inside]))})
-    for lo, hi in ((1, 2), (2, 5), (5, 9), (9, 17), (17, 25), (25, 49)):
-        inside = [c for c in cycles if lo <= c["n"] < hi]
-        if inside:
-            rows.append({"bin": f"cycles N {lo}-{hi - 1}", "nodes": len(inside),
-                         "predicted": float(np.mean([1 + sum(c["estimates"][1:]) for c in inside])),
-                         "observed": float(np.mean([1 + sum(c["accepted"][1:]) for c in inside]))})
-    return rows
+    edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01]
+    groups = [(f"{lo:.1f}-{min(hi, 1.0):.1f}", [(e, a) for e, a, _ in nodes if lo <= e < hi])
+              for lo, hi in zip(edges, edges[1:])]
+    groups += [(f"depth {depth}", [(e, a) for e, a, d in nodes if d == depth]) for depth in sorted({d for *_, d in nodes})]
+    groups += [(f"cycles N {lo}-{hi - 1}", [(1 + sum(c["estimates"][1:]), 1 + sum(c["accepted"][1:]))
+                                            for c in cycles if lo <= c["n"] < hi])
+               for lo, hi in ((1, 2), (2, 5), (5, 9), (9, 17), (17, 25), (25, 49))]
+    return [row(label, pairs) for label, pairs in groups if pairs]
 
 
 def main():
