@@ -3,6 +3,7 @@ changes the output (float32 greedy identical to stock under several cost curves;
 never pays degrades every cycle to a plain decoding step)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ import torch
 from hf_specdec import FSPADDraftModel
 from hf_specdec.testing import OracleHead
 from hf_specdec.strategies.head_gate import HeadGate
-from hf_specdec.tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, head_pays, prune_tree
+from hf_specdec.tree import (CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, fit_cycle_costs,
+                             head_pays, prune_tree, refit_curve)
 
 from conftest import oracle_head, tiny_target
 
@@ -103,6 +105,23 @@ def test_head_gate_refuses_what_it_cannot_gate():
         target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=2, head_gate=1)
 
 
+def test_cycle_fit_recovers_the_factors_that_made_the_cycles():
+    curve = dataclasses.replace(SMOLLM_LIKE, context=256, long_context=1024,
+                                long_verify_ms=tuple(2 * ms for ms in SMOLLM_LIKE.verify_ms), long_head_step_ms=5.0)
+    truth = refit_curve(curve, 1.5, 0.7, 0.4)
+    cycles = [(n, s, L, truth.at(L).verify(n) + s * truth.at(L).head_step_ms)
+              for n, s, L in [(2, 1, 256), (9, 1, 300), (4, 2, 256), (7, 6, 600), (16, 4, 256), (32, 3, 1000)]]
+    assert fit_cycle_costs(cycles, curve) == pytest.approx((1.5, 0.7, 0.4))
+    # the refitted level carries the host overhead; the slope scales only what tree tokens add beyond one
+    assert truth.overhead_ms == 0.0 and truth.verify(1) == pytest.approx(1.5 * 24.0)
+    assert truth.verify(16) - truth.verify(1) == pytest.approx(0.7 * (34.7 - 24.0))
+    assert truth.at(1024).head_step_ms == pytest.approx(0.4 * 5.0)
+    # factors outside the bounds are clipped; too few cycles is an error
+    assert fit_cycle_costs([(n, s, L, 100 * t) for n, s, L, t in cycles], curve)[0] == 10.0
+    with pytest.raises(ValueError, match="at least 3 cycles"):
+        fit_cycle_costs(cycles[:2], curve)
+
+
 def test_head_pays_by_hand():
     # without the head: 1 token in 10 ms; the head adds 0.6 tokens for 5 ms: 0.12 / ms > 0.1 / ms
     assert head_pays(0.6, 5.0, base_rate=0.1) and not head_pays(0.4, 5.0, base_rate=0.1)
@@ -150,6 +169,13 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "costs").glob("*.json"))) == 1
     calibration.cost_curve_for(target, head, refresh=True)
     assert len(calls) == 2
+    # the engine's curve is the isolated one refitted to whole timed cycles; both are kept
+    stored = json.loads(next((tmp_path / "costs").glob("*.json")).read_text())
+    fit = stored["cycle_fit"]
+    assert len(fit["cycles"]) == len(calibration.CYCLE_SHAPES) and all(c["ms"] > 0 for c in fit["cycles"])
+    alone = calibration.cost_curve_for(target, head, isolated=True)
+    assert CostCurve.from_dict(stored["isolated"]) == alone
+    assert calibration.cost_curve_for(target, head) == refit_curve(alone, fit["level"], fit["slope"], fit["head"])
 
 
 # --- the head's path probabilities mapped onto P(accepted) (EstimateCalibration) ---

@@ -159,8 +159,16 @@ def calibrate_main(argv=None):
     if curve.long_verify_ms:
         print(f"| verify ms after {curve.long_context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.long_verify_ms) + " |")
     print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms"
-          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else "")
-          + f"; engine overhead assumed {curve.overhead_ms:.1f} ms")
+          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else ""))
+    stored = json.loads((cache_dir() / "costs" / (cost_key(model, head) + ".json")).read_text())
+    fit = stored.get("cycle_fit")
+    if fit:
+        print(f"refitted to whole cycles: level x{fit['level']:.2f}, per tree token x{fit['slope']:.2f}, "
+              f"head step x{fit['head']:.2f} of the isolated measurements")
+        print("| fixed tree: tree tokens | head steps | cycle ms measured | isolated curve | fitted curve |")
+        print("|---|---|---|---|---|")
+        for c in fit["cycles"]:
+            print(f"| {c['tree_tokens']} | {c['head_steps']} | {c['ms']:.1f} | {c['isolated_ms']:.1f} | {c['fitted_ms']:.1f} |")
     return 0
 
 

@@ -98,6 +98,7 @@ def parse_method(name: str) -> tuple[str, dict]:
     W children per node. A head method may end with options: '/lookup=N' (lookup_tokens=N; 0: the head alone),
     '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
+    '/isolated-costs' (the cost curve of the isolated measurements, not refitted to whole cycles),
     '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/head-cost=X' (the
     cost curve with its head steps X times what was measured: how sizing would draft where head steps cost more,
     or less, relative to a verification), '/calibration=PATH', last (estimate_calibration from a JSON of maps,
@@ -118,6 +119,8 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["estimate_calibration"] = False
         elif option == "context-free":
             extra["context_free_costs"] = True
+        elif option == "isolated-costs":
+            extra["isolated_costs"] = True
         elif option == "head-gate":
             extra["head_gate"] = True
         elif option.startswith("head-cost=") and _positive_float(option[10:]):
@@ -127,7 +130,7 @@ def parse_method(name: str) -> tuple[str, dict]:
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/head-gate', "
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/isolated-costs', '/head-gate', "
                              "'/head-cost=X' (X > 0) and '/calibration=PATH'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
@@ -166,7 +169,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose, /raw, /context-free, /head-gate and /head-cost=X, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw, /context-free, /isolated-costs, /head-gate and /head-cost=X, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -209,11 +212,12 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         start = time.perf_counter()
         kwargs = method_kwargs(name, heads, pld_tokens)
         context_free, head_cost = kwargs.pop("context_free_costs", False), kwargs.pop("head_cost_scale", None)
+        isolated = kwargs.pop("isolated_costs", False)
         if "estimate_calibration_file" in kwargs:
             kwargs["estimate_calibration"] = load_estimate_calibration(kwargs.pop("estimate_calibration_file"),
                                                                        sampling=bool(temperature))
-        if context_free or head_cost is not None:
-            curve = cost_curve_for(target, kwargs["assistant_model"])
+        if context_free or head_cost is not None or isolated:
+            curve = cost_curve_for(target, kwargs["assistant_model"], isolated=isolated)
             if head_cost is not None:
                 curve = dataclasses.replace(curve, head_step_ms=head_cost * curve.head_step_ms,
                                             long_head_step_ms=head_cost * curve.long_head_step_ms)

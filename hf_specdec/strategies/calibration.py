@@ -5,12 +5,15 @@ threads) in a few seconds, cached on disk, refreshable.
 
 Measured: one target forward over N tree tokens after a 256-token prefix, for N in VERIFY_SIZES, and one head
 expansion step of 4 nodes; medians of interleaved rounds; then the same after a 1,024-token prefix, so the
-sizing sees each cycle's own context (CostCurve.at). The engine's own host work per cycle is not in them;
-OVERHEAD_MS stands for it (`hf-specdec overhead` measures it).
+sizing sees each cycle's own context (CostCurve.at). Those isolated pieces give the curve's shape; its level
+comes from whole cycles: a short real decode with each of CYCLE_SHAPES (fixed trees) is timed cycle by cycle,
+and the curve is refitted to what those cycles cost (tree/sizing.py, `fit_cycle_costs`), host work included.
+The cache file keeps the isolated curve and the fit beside the curve the engine uses.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from ..default_model import cache_dir
-from ..tree import CostCurve, DraftTree, crop_cache, tree_mask_for, tree_position_ids
+from ..tree import CostCurve, DraftTree, crop_cache, fit_cycle_costs, refit_curve, tree_mask_for, tree_position_ids
 from .common import SpecDecodeStats
 from .drafters import HeadDrafter
 from .engine import target_forward
@@ -34,15 +37,19 @@ VERIFY_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48)
 PREFIX = 256
 LONG_PREFIX = 1024  # a cycle deep in a long prompt (summarization, RAG) attends to ~1k cached tokens
 ROUNDS = 5
-OVERHEAD_MS = 2.0  # host time of one cycle beyond forwards and head steps (order of `hf-specdec overhead`, CPU)
+OVERHEAD_MS = 2.0  # the isolated curve's host time per cycle (order of `hf-specdec overhead`, CPU); the fit replaces it
+# Fixed trees (children per node, depth, tree tokens) timed as whole cycles, spread so that tree size and head
+# steps vary apart: chains, one wide level, EAGLE-2 trees.
+CYCLE_SHAPES = ((1, 1, 2), (8, 1, 9), (2, 2, 4), (1, 4, 5), (1, 6, 7), (4, 4, 16), (4, 3, 24), (8, 3, 32))
+CYCLES = 6  # timed cycles per shape, after an untimed first one
 
-_MEMORY: dict[str, CostCurve] = {}
+_MEMORY: dict[str, tuple[CostCurve, CostCurve]] = {}  # key: (curve fitted to cycles, isolated curve)
 _MEASURING = threading.Lock()
 
 
 def cost_key(model, head) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
-    parts = ["curve format 2: two contexts",
+    parts = ["curve format 3: two contexts, fitted to cycles",
              model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
@@ -121,27 +128,86 @@ def _measure_at(model, head, sizes, prefix: int, rounds: int) -> tuple[list[floa
     return verify_ms, statistics.median(samples["head"])
 
 
-def cost_curve_for(model, head, refresh: bool = False) -> CostCurve:
-    """The cached curve for this (target, head, device, dtype, threads), measured on first use."""
+class _CycleClock:
+    """A streamer that notes when each chunk of tokens arrives: one cycle lies between two chunks."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+@torch.no_grad()
+def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: int = CYCLES
+                ) -> list[tuple[int, int, int, float]]:
+    """Whole cycles of strategy="fspad" with each fixed tree shape (no lookup drafts), greedy on a random prompt
+    of `prefix` tokens: per shape (tree tokens, head steps per cycle incl. the catch-up, cached tokens, median
+    ms of a cycle after the first). Costs do not depend on the text; a cycle that accepts drafts emits more
+    tokens, so a shape may give fewer cycles than asked."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(1)).to(model.device)
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=False, eos_token_id=None, max_new_tokens=cycles + 2, temperature=None, top_p=None,
+                  top_k=None, return_dict_in_generate=True)
+    rows = []
+    for top_k, depth, total in shapes:
+        clock = _CycleClock()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, assistant_model=head, strategy="fspad", tree_top_k=top_k,
+                             tree_depth=depth, tree_total_tokens=total, lookup_tokens=0, streamer=clock)
+        # chunks: the prompt, the prefill's token, then one per cycle
+        spans = [(b - a) * 1000 for a, b in zip(clock.times[2:], clock.times[3:])]
+        spans = spans or [(b - a) * 1000 for a, b in zip(clock.times[1:], clock.times[2:])]
+        if not spans:  # the prefill's token finished the answer (drafts accepted to max_new_tokens at once)
+            continue
+        n_cycles = out.spec_stats.target_forwards - 1
+        steps = round(out.spec_stats.draft_forwards / max(n_cycles, 1))
+        rows.append((total, steps, prefix + cycles // 2, statistics.median(spans)))
+    return rows
+
+
+def fitted_curve(model, head, isolated: CostCurve) -> tuple[CostCurve, dict]:
+    """The isolated curve refitted to whole cycles (`time_cycles`), and a record of the fit."""
+    rows = time_cycles(model, head)
+    if len(rows) < 3:  # a draft that is always accepted leaves too few timed cycles to fit
+        logger.warning("hf_specdec: too few timed cycles (%d) to refit the cost curve; using the isolated one", len(rows))
+        return isolated, {"level": 1.0, "slope": 1.0, "head": 1.0, "cycles": [], "unfitted": True}
+    level, slope, head_factor = fit_cycle_costs(rows, isolated)
+    curve = refit_curve(isolated, level, slope, head_factor)
+    predicted = [curve.at(L).verify(n) + s * curve.at(L).head_step_ms for n, s, L, _ in rows]
+    record = {"level": level, "slope": slope, "head": head_factor,
+              "cycles": [{"tree_tokens": n, "head_steps": s, "cached": L, "ms": round(ms, 2),
+                          "isolated_ms": round(isolated.at(L).verify(n) + s * isolated.at(L).head_step_ms
+                                               + isolated.overhead_ms, 2), "fitted_ms": round(p, 2)}
+                         for (n, s, L, ms), p in zip(rows, predicted)]}
+    return curve, record
+
+
+def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False) -> CostCurve:
+    """The cached curve for this (target, head, device, dtype, threads), measured on first use: fitted to whole
+    cycles, or with `isolated` the curve of the isolated measurements alone (for comparisons)."""
     key = cost_key(model, head)
     with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
-        if key in _MEMORY and not refresh:
-            return _MEMORY[key]
-        curve = _load_or_measure(model, head, key, refresh)
-        _MEMORY[key] = curve
-    return curve
+        if key not in _MEMORY or refresh:
+            _MEMORY[key] = _load_or_measure(model, head, key, refresh)
+    fitted, alone = _MEMORY[key]
+    return alone if isolated else fitted
 
 
-def _load_or_measure(model, head, key: str, refresh: bool) -> CostCurve:
+def _load_or_measure(model, head, key: str, refresh: bool) -> tuple[CostCurve, CostCurve]:
     path = cache_dir() / "costs" / f"{key}.json"
     if path.is_file() and not refresh:
-        curve = CostCurve.from_dict(json.loads(path.read_text()))
-    else:
-        logger.warning("hf_specdec: measuring this machine's verification and head-step costs once (a few "
-                       "seconds; cached in %s)", path)
-        curve = measure_costs(model, head)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # whole or absent for another process reading it
-        tmp.write_text(json.dumps(curve.to_dict(), indent=1))
-        tmp.replace(path)
-    return curve
+        stored = json.loads(path.read_text())
+        return CostCurve.from_dict(stored), CostCurve.from_dict(stored["isolated"])
+    logger.warning("hf_specdec: measuring this machine's verification and head-step costs once (seconds; cached "
+                   "in %s)", path)
+    alone = measure_costs(model, head)
+    curve, record = fitted_curve(model, head, alone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # whole or absent for another process reading it
+    tmp.write_text(json.dumps({**curve.to_dict(), "isolated": alone.to_dict(), "cycle_fit": record}, indent=1))
+    tmp.replace(path)
+    return curve, alone

@@ -11,7 +11,8 @@ from .attention import (
 from .cache import check_compactable, compact_cache, crop_cache
 from .growth import grow_sampled_tree, grow_sampled_trees, grow_tree
 from .merge import graft
-from .sizing import CostCurve, EstimateCalibration, best_tree_size, expansion_pays, head_pays, prune_tree
+from .sizing import (CostCurve, EstimateCalibration, best_tree_size, expansion_pays, fit_cycle_costs, head_pays, prune_tree,
+                     refit_curve)
 from .masks import pack_tree_mask, tree_attention_mask, tree_position_ids
 from .structure import DraftTree, SampledDraftTree
 
@@ -25,6 +26,8 @@ __all__ = [
     "EstimateCalibration",
     "best_tree_size",
     "expansion_pays",
+    "fit_cycle_costs",
+    "refit_curve",
     "head_pays",
     "prune_tree",
     "SampledDraftTree",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from .structure import DraftTree
@@ -76,6 +77,47 @@ class CostCurve:
         return cls(tuple(d["sizes"]), tuple(d["verify_ms"]), float(d["head_step_ms"]), float(d.get("overhead_ms", 0)),
                    int(d.get("context", 0)), int(d.get("long_context", 0)), tuple(d.get("long_verify_ms", ())),
                    float(d.get("long_head_step_ms", 0.0)))
+
+
+def refit_curve(curve: CostCurve, level: float, slope: float, head: float) -> CostCurve:
+    """The curve a fit on real cycles gives (`fit_cycle_costs`): at both contexts
+
+        c'(n) = level * c(1) + slope * (c(n) - c(1)),    h' = head * h,
+
+    and no separate host overhead (the level carries it: a cycle's fixed cost scales with nothing else)."""
+
+    def verify(ms: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(level * ms[0] + slope * (m - ms[0]) for m in ms)
+
+    return CostCurve(curve.sizes, verify(curve.verify_ms), head * curve.head_step_ms, 0.0, curve.context,
+                     curve.long_context, verify(curve.long_verify_ms) if curve.long_verify_ms else (),
+                     head * curve.long_head_step_ms)
+
+
+def fit_cycle_costs(cycles: list[tuple[int, int, int, float]], curve: CostCurve,
+                    bounds: tuple[float, float] = (0.1, 10.0)) -> tuple[float, float, float]:
+    """(level, slope, head) for `refit_curve` from real cycles (n tree tokens verified, s head steps incl. the
+    catch-up, L cached tokens, t measured ms), by least squares on
+
+        t = level * c_L(1) + slope * (c_L(n) - c_L(1)) + head * s * h_L      (c_L, h_L: `curve.at(L)`)
+
+    Each term scaled by its column's norm before solving; each factor clipped to `bounds`. Isolated
+    measurements miss what a cycle adds and shares (host work, the head's weights meeting a cache the target
+    has just swept): on 2026-12-02 they priced a cycle ~1.5x too high on two machines, its tree tokens too
+    cheap on one."""
+    rows, times = [], []
+    for n, steps, cached, ms in cycles:
+        c = curve.at(cached)
+        rows.append((c.verify(1), c.verify(n) - c.verify(1), steps * c.head_step_ms))
+        times.append(ms)
+    if len(rows) < 3:
+        raise ValueError(f"fitting three cost factors needs at least 3 cycles, got {len(rows)}")
+    X, y = np.asarray(rows, dtype=float), np.asarray(times, dtype=float)
+    scale = np.linalg.norm(X, axis=0)
+    scale[scale == 0] = 1.0
+    theta = np.linalg.lstsq(X / scale, y, rcond=None)[0] / scale
+    level, slope, head = (float(np.clip(v, *bounds)) for v in theta)
+    return level, slope, head
 
 
 @dataclass(frozen=True)
