@@ -156,8 +156,9 @@ def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: 
     rows = []
     for top_k, depth, total in shapes:
         clock = _CycleClock()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, assistant_model=head, strategy="fspad", tree_top_k=top_k,
-                             tree_depth=depth, tree_total_tokens=total, lookup_tokens=0, streamer=clock)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, assistant_model=head,
+                             strategy="fspad", tree_top_k=top_k, tree_depth=depth, tree_total_tokens=total,
+                             lookup_tokens=0, streamer=clock)
         # chunks: the prompt, the prefill's token, then one per cycle
         spans = [(b - a) * 1000 for a, b in zip(clock.times[2:], clock.times[3:])]
         spans = spans or [(b - a) * 1000 for a, b in zip(clock.times[1:], clock.times[2:])]
@@ -177,12 +178,15 @@ def fitted_curve(model, head, isolated: CostCurve) -> tuple[CostCurve, dict]:
         return isolated, {"level": 1.0, "slope": 1.0, "head": 1.0, "cycles": [], "unfitted": True}
     level, slope, head_factor = fit_cycle_costs(rows, isolated)
     curve = refit_curve(isolated, level, slope, head_factor)
-    predicted = [curve.at(L).verify(n) + s * curve.at(L).head_step_ms for n, s, L, _ in rows]
+
+    def predicted(c: CostCurve, n: int, steps: int, cached: int) -> float:  # what the sizing prices such a cycle at
+        at = c.at(cached)
+        return round(at.overhead_ms + steps * at.head_step_ms + at.verify(n), 2)
+
     record = {"level": level, "slope": slope, "head": head_factor,
               "cycles": [{"tree_tokens": n, "head_steps": s, "cached": L, "ms": round(ms, 2),
-                          "isolated_ms": round(isolated.at(L).verify(n) + s * isolated.at(L).head_step_ms
-                                               + isolated.overhead_ms, 2), "fitted_ms": round(p, 2)}
-                         for (n, s, L, ms), p in zip(rows, predicted)]}
+                          "isolated_ms": predicted(isolated, n, s, L), "fitted_ms": predicted(curve, n, s, L)}
+                         for n, s, L, ms in rows]}
     return curve, record
 
 

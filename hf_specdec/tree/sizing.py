@@ -103,8 +103,8 @@ def fit_cycle_costs(cycles: list[tuple[int, int, int, float]], curve: CostCurve,
 
     Each term scaled by its column's norm before solving; each factor clipped to `bounds`. Isolated
     measurements miss what a cycle adds and shares (host work, the head's weights meeting a cache the target
-    has just swept): on 2026-12-02 they priced a cycle ~1.5x too high on two machines, its tree tokens too
-    cheap on one."""
+    has just swept): on 2026-12-02 (examples/check_cost_model.py) they priced a cycle ~1.5x too high, its tree
+    tokens ~45% too cheap and its head steps 3-4x too dear."""
     rows, times = [], []
     for n, steps, cached, ms in cycles:
         c = curve.at(cached)
