@@ -178,6 +178,22 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert calibration.cost_curve_for(target, head) == refit_curve(alone, fit["level"], fit["slope"], fit["head"])
 
 
+def test_cycle_timing_interleaves_the_shapes_over_rounds(monkeypatch):
+    """Each round decodes every shape once, in an order rotated by one per round, so that a slow spell of the
+    machine is spread over the shapes; each shape's row is the median of all its rounds' cycles."""
+    from hf_specdec.strategies import calibration
+
+    target = tiny_target(seed=7)
+    head = FSPADDraftModel.from_target(target)
+    order, real = [], target.generate
+    monkeypatch.setattr(target, "generate", lambda *a, **k: order.append(k["tree_total_tokens"]) or real(*a, **k))
+    shapes = ((1, 1, 2), (2, 2, 4), (4, 2, 8))
+    rows = calibration.time_cycles(target, head, shapes=shapes, prefix=16, cycles=2, rounds=3)
+    assert order == [2, 4, 8, 4, 8, 2, 8, 2, 4]
+    assert [(n, steps, cached) for n, steps, cached, _ in rows] == [(2, 1, 17), (4, 2, 17), (8, 2, 17)]
+    assert all(ms > 0 for *_, ms in rows)
+
+
 # --- the head's path probabilities mapped onto P(accepted) (EstimateCalibration) ---
 
 PESSIMISTIC = EstimateCalibration((0.0, 0.999, 1.0), (0.0, 0.001, 1.0))  # every draft node ~0: never worth verifying

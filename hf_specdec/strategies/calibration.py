@@ -41,7 +41,8 @@ OVERHEAD_MS = 2.0  # the isolated curve's host time per cycle (order of `hf-spec
 # Fixed trees (children per node, depth, tree tokens) timed as whole cycles, spread so that tree size and head
 # steps vary apart: chains, one wide level, EAGLE-2 trees.
 CYCLE_SHAPES = ((1, 1, 2), (8, 1, 9), (2, 2, 4), (1, 4, 5), (1, 6, 7), (4, 4, 16), (4, 3, 24), (8, 3, 32))
-CYCLES = 6  # timed cycles per shape, after an untimed first one
+CYCLES = 4  # timed cycles per decode, after an untimed first one
+CYCLE_ROUNDS = 3  # decodes per shape, interleaved with the other shapes'
 
 _MEMORY: dict[str, tuple[CostCurve, CostCurve]] = {}  # key: (curve fitted to cycles, isolated curve)
 _MEASURING = threading.Lock()
@@ -142,32 +143,37 @@ class _CycleClock:
 
 
 @torch.no_grad()
-def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: int = CYCLES
-                ) -> list[tuple[int, int, int, float]]:
+def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: int = CYCLES,
+                rounds: int = CYCLE_ROUNDS) -> list[tuple[int, int, int, float]]:
     """Whole cycles of strategy="fspad" with each fixed tree shape (no lookup drafts), greedy on a random prompt
     of `prefix` tokens: per shape (tree tokens, head steps per cycle incl. the catch-up, cached tokens, median
-    ms of a cycle after the first). Costs do not depend on the text; a cycle that accepts drafts emits more
-    tokens, so a shape may give fewer cycles than asked."""
+    ms of its cycles after the first of each decode). The shapes are decoded in `rounds` interleaved rounds,
+    their order rotated each round, so that a slow spell of a shared machine falls on every shape alike rather
+    than on the few decoded during it (one decode per shape gave head-step factors from 0.45 to 1.55 in three
+    quiet runs). Costs do not depend on the text; a cycle that accepts drafts emits more tokens, so a shape
+    may give fewer cycles than asked."""
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, prefix), generator=torch.Generator().manual_seed(1)).to(model.device)
     config = copy.deepcopy(model.generation_config)
     config.update(do_sample=False, eos_token_id=None, max_new_tokens=cycles + 2, temperature=None, top_p=None,
                   top_k=None, return_dict_in_generate=True)
-    rows = []
-    for top_k, depth, total in shapes:
-        clock = _CycleClock()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, assistant_model=head,
-                             strategy="fspad", tree_top_k=top_k, tree_depth=depth, tree_total_tokens=total,
-                             lookup_tokens=0, streamer=clock)
-        # chunks: the prompt, the prefill's token, then one per cycle
-        spans = [(b - a) * 1000 for a, b in zip(clock.times[2:], clock.times[3:])]
-        spans = spans or [(b - a) * 1000 for a, b in zip(clock.times[1:], clock.times[2:])]
-        if not spans:  # the prefill's token finished the answer (drafts accepted to max_new_tokens at once)
-            continue
-        n_cycles = out.spec_stats.target_forwards - 1
-        steps = round(out.spec_stats.draft_forwards / max(n_cycles, 1))
-        rows.append((total, steps, prefix + cycles // 2, statistics.median(spans)))
-    return rows
+    spans = {shape: [] for shape in shapes}
+    steps = {}
+    for r in range(rounds):
+        for shape in shapes[r % len(shapes):] + shapes[:r % len(shapes)]:
+            top_k, depth, total = shape
+            clock = _CycleClock()
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                 assistant_model=head, strategy="fspad", tree_top_k=top_k, tree_depth=depth,
+                                 tree_total_tokens=total, lookup_tokens=0, streamer=clock)
+            # chunks: the prompt, the prefill's token, then one per cycle
+            times = clock.times[2:] if len(clock.times) > 3 else clock.times[1:]
+            spans[shape] += [(b - a) * 1000 for a, b in zip(times, times[1:])]
+            n_cycles = out.spec_stats.target_forwards - 1
+            steps[shape] = round(out.spec_stats.draft_forwards / max(n_cycles, 1))
+    # a shape without spans: the prefill's token finished the answer (drafts accepted to max_new_tokens at once)
+    return [(shape[2], steps[shape], prefix + cycles // 2, statistics.median(spans[shape]))
+            for shape in shapes if spans[shape]]
 
 
 def fitted_curve(model, head, isolated: CostCurve) -> tuple[CostCurve, dict]:
