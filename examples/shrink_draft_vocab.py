@@ -40,16 +40,16 @@ def main():
         if s is not None:
             samples.append({"input_ids": torch.tensor(s["input_ids"]), "loss_mask": torch.tensor(s["loss_mask"], dtype=torch.bool)})
     head = FSPADDraftModel.from_pretrained(args.head)
-    before = head.config.draft_vocab_size
+    before = head.draft_to_target.clone()
     shrink_draft_vocabulary(head, samples, args.size)
     head.save_pretrained(args.out)
     # coverage of the 60 held-out pool prompts' reference answers (never counted above)
     held_out = held_out_rows(args.pool, "tune") + held_out_rows(args.pool, "calibration")
     answers = torch.tensor([t for row in held_out for t in tokenizer(row["reference"], add_special_tokens=False)["input_ids"]])
-    for name, ids in (("before", FSPADDraftModel.from_pretrained(args.head).draft_to_target), ("after", head.draft_to_target)):
+    for name, ids in (("before", before), ("after", head.draft_to_target)):
         covered = torch.isin(answers, ids).float().mean().item()
         print(json.dumps({"vocabulary": name, "tokens": int(ids.shape[0]), "held_out_reference_coverage": round(covered, 4)}))
-    print(f"{args.head}: {before} -> {args.size} draft tokens, counted over {len(samples)} pool rows; wrote {args.out}")
+    print(f"{args.head}: {before.shape[0]} -> {args.size} draft tokens, counted over {len(samples)} pool rows; wrote {args.out}")
 
 
 if __name__ == "__main__":

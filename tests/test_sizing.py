@@ -180,7 +180,7 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 def test_cycle_timing_interleaves_the_shapes_over_rounds(monkeypatch):
     """Each round decodes every shape once, in an order rotated by one per round, so that a slow spell of the
-    machine is spread over the shapes; each shape's row is the median of all its rounds' cycles."""
+    machine is spread over the shapes; each shape gives one row, in the shapes' order."""
     from hf_specdec.strategies import calibration
 
     target = tiny_target(seed=7)
