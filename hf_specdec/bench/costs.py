@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from ..default_model import cache_dir, default_target
+from ..default_model import default_target
 from ..draft import FSPADDraftModel
 from ..heads import default_draft
-from ..strategies.calibration import cost_curve_for, cost_key
+from ..strategies.calibration import cost_cache_path, cost_curve_for
 from ..strategies.drafters import HeadDrafter
 from ..strategies.engine import target_forward
 from ..strategies.common import SpecDecodeStats
@@ -152,7 +152,7 @@ def calibrate_main(argv=None):
             else default_draft(model, tok))
     curve = cost_curve_for(model, head, refresh=args.refresh)
     print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads), "
-          f"cached as {cache_dir() / 'costs' / (cost_key(model, head) + '.json')}")
+          f"cached as {cost_cache_path(model, head)}")
     print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
     print("|---" * (len(curve.sizes) + 1) + "|")
     print(f"| verify ms after {curve.context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
@@ -160,7 +160,7 @@ def calibrate_main(argv=None):
         print(f"| verify ms after {curve.long_context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.long_verify_ms) + " |")
     print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms"
           + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else ""))
-    stored = json.loads((cache_dir() / "costs" / (cost_key(model, head) + ".json")).read_text())
+    stored = json.loads(cost_cache_path(model, head).read_text())
     fit = stored.get("cycle_fit")
     if fit:
         print(f"refitted to whole cycles: level x{fit['level']:.2f}, per tree token x{fit['slope']:.2f}, "

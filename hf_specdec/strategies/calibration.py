@@ -202,13 +202,18 @@ def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False) -
     key = cost_key(model, head)
     with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
         if key not in _MEMORY or refresh:
-            _MEMORY[key] = _load_or_measure(model, head, key, refresh)
+            _MEMORY[key] = _load_or_measure(model, head, refresh)
     fitted, alone = _MEMORY[key]
     return alone if isolated else fitted
 
 
-def _load_or_measure(model, head, key: str, refresh: bool) -> tuple[CostCurve, CostCurve]:
-    path = cache_dir() / "costs" / f"{key}.json"
+def cost_cache_path(model, head):
+    """The cache file of this pair's curves: the fitted curve, its "isolated" one and the "cycle_fit" record."""
+    return cache_dir() / "costs" / f"{cost_key(model, head)}.json"
+
+
+def _load_or_measure(model, head, refresh: bool) -> tuple[CostCurve, CostCurve]:
+    path = cost_cache_path(model, head)
     if path.is_file() and not refresh:
         stored = json.loads(path.read_text())
         return CostCurve.from_dict(stored), CostCurve.from_dict(stored["isolated"])
