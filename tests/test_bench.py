@@ -103,8 +103,10 @@ def test_method_names_with_tree_shapes():
     assert specbench.parse_method("fspad/calibration=maps.json") == ("fspad", {"estimate_calibration_file": "maps.json"})
     assert specbench.parse_method("fspad/lookup=0/calibration=runs/a/maps.json") == (
         "fspad", {"lookup_tokens": 0, "estimate_calibration_file": "runs/a/maps.json"})
+    assert specbench.parse_method("fspad/lookup=16/lookup-rates=runs/a/rates.json") == (
+        "fspad", {"lookup_tokens": 16, "lookup_rates_file": "runs/a/rates.json"})
     for bad in ("stock/lookup=3", "fspad/lookup=-1", "fspad/merge", "fspad/head-cost=0", "fspad/head-cost=x",
-                "fspad/calibration="):
+                "fspad/calibration=", "fspad/lookup-rates="):
         with pytest.raises(ValueError, match="'/lookup=N'|follow fspad"):
             specbench.parse_method(bad)
 
@@ -120,6 +122,16 @@ def test_calibration_option_reads_the_map_of_the_decoding_mode(tmp_path):
         specbench.load_estimate_calibration(str(path), sampling=True)
     with pytest.raises(ValueError, match="need a JSON file"):
         specbench.load_estimate_calibration(str(tmp_path / "missing.json"), sampling=False)
+
+
+def test_lookup_rates_option_reads_the_table_of_the_decoding_mode(tmp_path):
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps({"greedy": {"1": [0.4, 0.6], "8": [0.9, 0.9]}, "sampling": {"1": [0.2, 0.5]}}))
+    assert specbench.load_lookup_rates(str(path), sampling=False) == {1: (0.4, 0.6), 8: (0.9, 0.9)}
+    assert specbench.load_lookup_rates(str(path), sampling=True) == {1: (0.2, 0.5)}
+    path.write_text(json.dumps({"greedy": {"1": [0.4, 0.6]}}))
+    with pytest.raises(ValueError, match="'sampling' table"):
+        specbench.load_lookup_rates(str(path), sampling=True)
 
 
 def test_plot_writes_one_chart_per_temperature(tmp_path):

@@ -29,6 +29,28 @@ def test_longest_match_finds_every_earlier_occurrence():
     assert incremental.ends == index.ends
 
 
+def test_a_full_length_match_is_measured_backwards_and_keeps_the_long_occurrences():
+    # "1 2 3 4" occurs twice before the end: once after 9 8 (a 6-token match: 9 8 1 2 3 4), once after 5 6.
+    index = SuffixIndex(max_n=4)
+    index.extend([9, 8, 1, 2, 3, 4, 7, 5, 6, 1, 2, 3, 4, 0, 9, 8, 1, 2, 3, 4])
+    assert index.longest_match(floors=(1, 2, 3, 4)) == (6, [12, 5])  # no floor above 4: every occurrence
+    assert index.longest_match(floors=(1, 2, 3, 4, 6)) == (6, [5])  # the bucket from 6: the long one alone
+    assert index.longest_match(floors=(1, 2, 3, 4, 8)) == (6, [12, 5])  # 6 < 8: the 4-7 bucket keeps both
+    assert index.longest_match(extend_to=4, floors=(1, 2, 3, 4, 6)) == (4, [12, 5])  # not extended
+    assert index.match_extent(5, cap=3) == 3 and index.match_extent(12, cap=32) == 4
+    # the extent stops at the sequence's start: "9 8 1 2 3 4" at the start has nothing before it
+    assert index.match_extent(5, cap=32) == 6
+
+
+def test_long_matches_get_their_buckets_rates():
+    index = SuffixIndex(max_n=2)
+    index.extend([5, 6, 7, 1, 2, 8, 9, 5, 6, 7, 1, 2])  # "5 6 7 1 2" again: a 5-token match from a 2-gram index
+    rates = {1: (0.5, 0.5), 2: (0.6, 0.6), 4: (0.9, 0.95)}
+    trie = lookup_trie(index, depth=2, calibration=rates)
+    assert trie.match_length == 5 and trie.tokens == [8, 9]
+    assert trie.estimates == pytest.approx([0.9, 0.9 * 0.95])  # the 4-and-longer bucket's a and g
+
+
 def test_trie_counts_and_estimates_by_hand():
     index = SuffixIndex(max_n=2)
     index.extend([7, 1, 4, 5, 7, 1, 4, 6, 7, 1, 8, 7, 1])
@@ -217,10 +239,23 @@ def test_sampling_uses_the_sampling_calibration(monkeypatch, llama):
                        tree_top_k=2, tree_depth=2, tree_total_tokens=4)
         assert used and all(c is table for c in used)
     assert LOOKUP_CALIBRATION_SAMPLING[4][0] < LOOKUP_CALIBRATION[4][0]
+    # generate's lookup_calibration replaces both tables; the output is stock's whatever the rates
+    rates = {1: (1.0, 1.0), 8: (0.5, 0.5)}
+    ref = llama.generate(ids, max_new_tokens=5, do_sample=False)
+    for sample in (False, True):
+        used.clear()
+        out = llama.generate(ids, assistant_model=head, strategy="fspad", do_sample=sample, max_new_tokens=5,
+                             lookup_tokens=4, tree_top_k=2, tree_depth=2, tree_total_tokens=4, lookup_calibration=rates)
+        assert used and all(c == rates for c in used)
+        if not sample:
+            assert torch.equal(out, ref)
+    for bad in ({2: (0.5, 0.5)}, {1: (1.5, 0.5)}, {1: 0.5}, {0.5: (0.5, 0.5), 1: (1, 1)}, [(1, 1)]):
+        with pytest.raises(ValueError, match="lookup_calibration"):
+            llama.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=3, lookup_calibration=bad)
 
 
 def test_lookup_calibration_fit_and_reliability():
-    from hf_specdec.bench.lookup_calibration import fit, node_records, reliability
+    from hf_specdec.bench.lookup_calibration import bucket_counts, fit, node_records, reliability
 
     periodic = [5, 6, 7, 8] * 6  # every continuation repeats exactly: all lookup nodes are right
     records = node_records(periodic, 8, depth=3, max_matches=4)
@@ -232,6 +267,10 @@ def test_lookup_calibration_fit_and_reliability():
     table = reliability(records, fit(records))
     assert sum(r["nodes"] for r in table) == len(records)
     assert sum(r["observed"] * r["nodes"] for r in table) == sum(r[5] for r in records)
+    # long matches have buckets of their own; one without nodes takes the rates of the bucket below it
+    assert bucket_counts(records)[16] > 0 and fitted[16] == (1.0, 1.0)
+    one_match = [(1, 1, 0.5, -1, True, True), (1, 2, 1.0, 0, False, False)]  # n=1 only: a_1 = 2, capped at 1
+    assert fit(one_match) == {n: (1.0, 0.0) for n in (1, 2, 3, 4, 8, 16)}
 
 
 def test_lookup_calibration_under_sampling_scores_the_draw_probability():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..lookup import LOOKUP_CALIBRATION, SuffixIndex, lookup_trie
+from ..lookup import LOOKUP_CALIBRATION, MATCH_BUCKETS, SuffixIndex, lookup_trie, match_bucket
 from ..training.held_out import held_out_rows
 from ..tree import EstimateCalibration
 
@@ -49,7 +49,7 @@ def node_records(sequence: list[int], answer_start: int, depth: int, max_matches
     path is the answer's continuation), accepted). Greedy: accepted = on the answer. With `probs` [len(sequence),
     V] (the target's sampling distribution after each position): accepted = p(token | the parent's path) for a
     node whose parent is on the answer (or the root), else None (not known)."""
-    ones = {n: (1.0, 1.0) for n in LOOKUP_CALIBRATION}
+    ones = {n: (1.0, 1.0) for n in MATCH_BUCKETS}  # raw frequencies, occurrences kept per bucket
     index = SuffixIndex()
     index.extend(sequence[:answer_start])
     records = [] if records is None else records
@@ -70,22 +70,33 @@ def node_records(sequence: list[int], answer_start: int, depth: int, max_matches
 
 
 def fit(records) -> dict[int, tuple[float, float]]:
-    """a_n, g_n per match length (module docstring)."""
-    sums = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # n -> [accepted at depth 1, f, accepted deeper, f]
+    """a_n, g_n per bucket of match lengths (MATCH_BUCKETS; module docstring). A bucket without scored nodes
+    takes the rates of the bucket below it (LOOKUP_CALIBRATION's for the first)."""
+    sums = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # bucket -> [accepted at depth 1, f, accepted deeper, f]
     for n, d, f, up, on, accepted in records:
+        n = match_bucket(n, MATCH_BUCKETS)
         if up < 0:
             sums[n][0] += accepted
             sums[n][1] += f
         elif records[up][4]:  # the parent accepted (greedy), or drawn (sampling: the answer took its path)
             sums[n][2] += accepted
             sums[n][3] += f
-    fitted = {}
-    for n in sorted(LOOKUP_CALIBRATION):
+    fitted, below = {}, None
+    for n in MATCH_BUCKETS:
         acc1, f1, acc2, f2 = sums.get(n, [0.0] * 4)
-        a = acc1 / f1 if f1 else LOOKUP_CALIBRATION[n][0]
-        g = acc2 / f2 if f2 else LOOKUP_CALIBRATION[n][1]
-        fitted[n] = (round(min(a, 1.0), 3), round(min(g, 1.0), 3))
+        known = below or LOOKUP_CALIBRATION[match_bucket(n, LOOKUP_CALIBRATION)]
+        a = acc1 / f1 if f1 else known[0]
+        g = acc2 / f2 if f2 else known[1]
+        fitted[n] = below = (round(min(a, 1.0), 3), round(min(g, 1.0), 3))
     return fitted
+
+
+def bucket_counts(records) -> dict[int, int]:
+    """Depth-1 lookup nodes per match-length bucket: how much each fitted a_n rests on."""
+    counts = dict.fromkeys(MATCH_BUCKETS, 0)
+    for n, _, _, up, *_ in records:
+        counts[match_bucket(n, MATCH_BUCKETS)] += up < 0
+    return counts
 
 
 def estimates(records, calibration, conditional: bool = False) -> list[float]:
@@ -93,7 +104,7 @@ def estimates(records, calibration, conditional: bool = False) -> list[float]:
     given its parent accepted (a_n f at depth 1, g_n f deeper)."""
     out = []
     for n, d, f, up, *_ in records:
-        a, g = calibration[min(n, max(calibration))]
+        a, g = calibration[match_bucket(n, calibration)]
         out.append(a * f if up < 0 else (1.0 if conditional else out[up]) * g * f)
     return out
 
@@ -221,6 +232,7 @@ def main(argv=None):
     table = reliability(records, fitted, sampled=args.temperature > 0)
     print(f"{len(prompts)} held-out pool prompts, {len(records)} lookup nodes")
     print("fitted (match length n: a_n, g_n):", fitted)
+    print("depth-1 nodes per bucket:", bucket_counts(records))
     print("| predicted bin | nodes | mean predicted | observed |\n|---|---|---|---|")
     for r in table:
         print(f"| {r['bin']} | {r['nodes']} | {r['predicted']:.3f} | {r['observed']:.3f} |")
@@ -242,6 +254,7 @@ def main(argv=None):
             mode = "sampling" if args.temperature > 0 else "greedy"
             print("wrote", save_head_calibration(args.save_head_calibration, mode, head_report["calibration"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": vars(args), "fitted": fitted, "reliability": table,
+    Path(args.out).write_text(json.dumps({"meta": vars(args), "fitted": fitted, "bucket_counts": bucket_counts(records),
+                                          "reliability": table,
                                           "head_reliability": head_table, "head_calibration": head_report}, indent=1))
     return 0

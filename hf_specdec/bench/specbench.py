@@ -107,7 +107,7 @@ def parse_method(name: str) -> tuple[str, dict]:
     name, *options = name.split("/")
     extra = {}
     for i, option in enumerate(options):  # a calibration PATH may hold '/': it takes the rest of the name
-        if option.startswith("calibration="):
+        if option.startswith(("calibration=", "lookup-rates=")):
             options[i:] = ["/".join(options[i:])]
             break
     for option in options:
@@ -127,11 +127,13 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["head_cost_scale"] = float(option[10:])
         elif option.startswith("calibration=") and option[12:]:
             extra["estimate_calibration_file"] = option[12:]
+        elif option.startswith("lookup-rates=") and option[13:]:
+            extra["lookup_rates_file"] = option[13:]
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
             raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/isolated-costs', '/head-gate', "
-                             "'/head-cost=X' (X > 0) and '/calibration=PATH'.")
+                             "'/head-cost=X' (X > 0), '/calibration=PATH' and '/lookup-rates=PATH'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
 
@@ -143,6 +145,16 @@ def load_estimate_calibration(path: str, sampling: bool) -> EstimateCalibration:
         return EstimateCalibration.from_dict(json.loads(Path(path).read_text())[mode])
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"/calibration={path}: need a JSON file with a {mode!r} map ({{'x': [...], 'y': [...]}}); "
+                         f"{type(err).__name__}: {err}") from None
+
+
+def load_lookup_rates(path: str, sampling: bool) -> dict[int, tuple[float, float]]:
+    """The lookup rates for one decoding mode from a JSON of {"greedy": {n: [a, g]}, "sampling": {...}}."""
+    mode = "sampling" if sampling else "greedy"
+    try:
+        return {int(n): (float(a), float(g)) for n, (a, g) in json.loads(Path(path).read_text())[mode].items()}
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"/lookup-rates={path}: need a JSON file with a {mode!r} table ({{'1': [a, g], ...}}); "
                          f"{type(err).__name__}: {err}") from None
 
 
@@ -216,6 +228,8 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         if "estimate_calibration_file" in kwargs:
             kwargs["estimate_calibration"] = load_estimate_calibration(kwargs.pop("estimate_calibration_file"),
                                                                        sampling=bool(temperature))
+        if "lookup_rates_file" in kwargs:
+            kwargs["lookup_calibration"] = load_lookup_rates(kwargs.pop("lookup_rates_file"), sampling=bool(temperature))
         if context_free or head_cost is not None or isolated:
             curve = cost_curve_for(target, kwargs["assistant_model"], isolated=isolated)
             if head_cost is not None:

@@ -89,6 +89,23 @@ def head_estimate_calibration(head: DraftHead, given, sampling: bool) -> Estimat
         raise ValueError(f"the head's generation_config has an unusable estimate_calibration[{mode!r}]: {err}") from None
 
 
+def check_lookup_calibration(rates) -> dict[int, tuple[float, float]] | None:
+    """generate's `lookup_calibration`: None, or {n: (a_n, g_n)} with integer bucket floors n >= 1 (1 among them)
+    and rates in [0, 1]."""
+    if rates is None:
+        return None
+    try:
+        table = {int(n): (float(a), float(g)) for n, (a, g) in rates.items()}
+        ok = all(int(n) == n for n in rates) and 1 in table and all(
+            n >= 1 and 0 <= a <= 1 and 0 <= g <= 1 for n, (a, g) in table.items())
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError("lookup_calibration must map match-length bucket floors (integers >= 1, 1 among them) to "
+                         f"rate pairs (a_n, g_n) in [0, 1], like hf_specdec.lookup.LOOKUP_CALIBRATION; got {rates!r}.")
+    return table
+
+
 class TreeDrafts:
     """The tree of one cycle: `grow(committed [1, T], draft_state, cached) -> DraftTree` (the engine's callback).
 
@@ -99,7 +116,8 @@ class TreeDrafts:
 
     def __init__(self, drafter: HeadDrafter, shape: TreeShape, curve: CostCurve | None, lookup_mode: str,
                  draft_to_target: torch.Tensor | None, sampling: bool = False,
-                 head_calibration: EstimateCalibration | None = None, gate: HeadGate | None = None):
+                 head_calibration: EstimateCalibration | None = None, gate: HeadGate | None = None,
+                 lookup_calibration: dict[int, tuple[float, float]] | None = None):
         self.drafter, self.shape, self.curve, self.lookup_mode = drafter, shape, curve, lookup_mode
         self.draft_to_target = draft_to_target
         self.head_calibration = head_calibration
@@ -110,7 +128,7 @@ class TreeDrafts:
         self.last_cycle: tuple | None = None  # (committed length, trie, head cost in ms) of a cycle that ran the head
         # a lookup node is accepted less often when the target samples (with its draw probability) than when it
         # takes its argmax: each has its own calibration
-        self.calibration = LOOKUP_CALIBRATION_SAMPLING if sampling else LOOKUP_CALIBRATION
+        self.calibration = lookup_calibration or (LOOKUP_CALIBRATION_SAMPLING if sampling else LOOKUP_CALIBRATION)
         self.depth, self.total = (AUTO_MAX_DEPTH, AUTO_MAX_NODES) if curve is not None else (shape.depth, shape.total_tokens)
         self.index = SuffixIndex()
 
@@ -268,6 +286,7 @@ def fspad_generate(
     lookup_tokens: int | None = None,
     cost_curve: CostCurve | None = None,
     estimate_calibration: EstimateCalibration | bool | None = None,
+    lookup_calibration: dict[int, tuple[float, float]] | None = None,
     lookup_mode: str = "merge",
     head_gate: bool = False,
     synced_gpus: bool = False,
@@ -281,6 +300,8 @@ def fspad_generate(
     else the head alone), kept for the comparison in the README. `estimate_calibration`: how the head's path
     probabilities map onto P(accepted) for the sizing and against lookup nodes (`head_estimate_calibration`;
     default: the head's own, if its generation_config has one; False: the raw path probabilities).
+    `lookup_calibration`: the lookup nodes' acceptance rates, {match length bucket floor n: (a_n, g_n)}
+    (hf_specdec.lookup; default: the measured LOOKUP_CALIBRATION, or LOOKUP_CALIBRATION_SAMPLING when sampling).
     `head_gate=True`: with cost-sized trees and one row, a cycle may draft without the head (lookup drafts
     alone, or a plain decoding step) while the head's recent drafts did not pay for it
     (strategies/head_gate.py). Off by default: on held-out prompts it measured no faster than running the
@@ -329,7 +350,7 @@ def fspad_generate(
     sampling = bool(generation_config.do_sample)
     grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=sampling,
                       head_calibration=head_estimate_calibration(head, estimate_calibration, sampling),
-                      gate=HeadGate() if head_gate else None)
+                      gate=HeadGate() if head_gate else None, lookup_calibration=check_lookup_calibration(lookup_calibration))
 
     def verify(tree, scores):
         if generation_config.do_sample:
