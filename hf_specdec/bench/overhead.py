@@ -21,8 +21,8 @@ from ..draft import FSPADDraftModel
 
 CONFIGS = {  # name: generate kwargs
     "fspad 4,4,16, no lookup": dict(tree_top_k=4, tree_depth=4, tree_total_tokens=16, lookup_tokens=0),
-    "fspad 4,4,16 + lookup 8": dict(tree_top_k=4, tree_depth=4, tree_total_tokens=16, lookup_tokens=8),
-    "fspad cost-sized + lookup 8 (default)": dict(),
+    "fspad 4,4,16 + lookup 16": dict(tree_top_k=4, tree_depth=4, tree_total_tokens=16, lookup_tokens=16),
+    "fspad cost-sized + lookup 16 (default)": dict(),
 }
 
 

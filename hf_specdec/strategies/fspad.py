@@ -30,7 +30,7 @@ from .engine import open_request, run_tree_decoding, target_forward  # noqa: F40
 # SmolLM2-135M in bf16, where 16 tree tokens verify for ~1.2-1.4x the cost of one).
 DEFAULT_TREE = {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16}
 # The most nodes lookup drafts (hf_specdec.lookup) add to a cycle's tree; measured (README, "Lookup drafts").
-DEFAULT_LOOKUP_TOKENS = 8
+DEFAULT_LOOKUP_TOKENS = 16
 LOOKUP_MATCHES = 8  # occurrences of the matched suffix whose continuations are merged
 # lookup_mode="choose" (SAM-Decoding style): a suffix match at least this long drafts the cycle alone.
 CHOOSE_MIN_MATCH = 3
