@@ -203,7 +203,7 @@ def test_rotary_table_lookup_is_the_rotary_embedding_bit_for_bit(llama, dtype):
             bound = int(positions.max()) + 1
             for ours, ref in zip(head.position_embeddings(h, positions, bound), head.rotary_emb(h, positions)):
                 assert ours.dtype == dtype and torch.equal(ours, ref)
-        assert head._rotary_table[1].shape[1] >= 2048  # grown past the first 256 positions
+        assert head._rotary_table[1].shape[0] >= 2048  # grown past the first 256 positions
         ids, feats = torch.tensor([[3, 9, 4]]), torch.randn(1, 3, 64, dtype=dtype)
         pos = torch.tensor([[300, 301, 302]])
         plain = head(input_ids=ids, features=feats, position_ids=pos)
@@ -215,3 +215,77 @@ def test_rotary_table_lookup_is_the_rotary_embedding_bit_for_bit(llama, dtype):
         positions = torch.tensor([[40, 41, 42]] * 2)
         for ours, ref in zip(head.position_embeddings(h.to(other), positions, 43), head.rotary_emb(h.to(other), positions)):
             assert ours.dtype == other and torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("variant", ["fspad", "eagle2"])
+def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant):
+    """While decoding (no gradients) the head stacks q/k/v and gate/up weights into one product each and calls
+    plain projections by F.linear; with gradients on (training) every projection is called as its module. Both
+    give the same values, float32, with a cache and a tree mask; the stacked weights follow an in-place weight
+    change (an optimizer step) instead of serving stale ones."""
+    from transformers import DynamicCache
+
+    from hf_specdec.tree import tree_attention_mask
+
+    torch.manual_seed(3)
+    head = FSPADDraftModel.from_target(llama, variant=variant).eval()
+    ids, feats = torch.tensor([[5, 9, 11, 2, 7]]), torch.randn(1, 5, 64)
+    prefix_ids, prefix_feats = torch.tensor([[1, 4, 6]]), torch.randn(1, 3, 64)
+    mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                                              [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), 3, torch.float32)
+    pos = torch.tensor([[3, 4, 4, 5, 6]])
+
+    def step(grad: bool):
+        cache = DynamicCache()
+        with torch.set_grad_enabled(grad):
+            head(input_ids=prefix_ids, features=prefix_feats, cache=cache, max_position=3)
+            out = head(input_ids=ids, features=feats, position_ids=pos, attention_mask=mask, cache=cache, max_position=7)
+        return out.hidden_states.detach(), out.features.detach()
+
+    for _ in range(2):
+        decoding, modules = step(grad=False), step(grad=True)
+        assert all(torch.equal(a, b) for a, b in zip(decoding, modules))
+        assert set(head.self_attn.__dict__["_stacked_linears"]) == {"qkv"}
+        with torch.no_grad():
+            head.self_attn.k_proj.weight.add_(0.05)
+            head.up_proj.weight.mul_(1.5)
+    assert not torch.equal(decoding[0], step(grad=False)[0])  # the second round saw the changed weights
+
+
+def test_decoding_head_step_runs_hooks_and_adapters_on_its_projections(llama):
+    """A projection with a hook (or replaced by an adapter layer) is called as its module while decoding, so what
+    the hook does is in the output; the head's stacked products are used only for plain nn.Linear projections."""
+    torch.manual_seed(4)
+    head = FSPADDraftModel.from_target(llama).eval()
+    ids, feats = torch.tensor([[5, 9, 11]]), torch.randn(1, 3, 64)
+    with torch.no_grad():
+        plain = head(input_ids=ids, features=feats).features
+        calls = []
+        for module in (head.self_attn.v_proj, head.gate_proj, head.down_proj):
+            calls.append(0)
+
+            def double(mod, args, out, i=len(calls) - 1):
+                calls[i] += 1
+                return out * 2
+
+            handle = module.register_forward_hook(double)
+            hooked = head(input_ids=ids, features=feats).features
+            handle.remove()
+            assert calls[-1] == 1 and not torch.allclose(hooked, plain)
+        assert torch.equal(head(input_ids=ids, features=feats).features, plain)  # hooks gone: the stacked path again
+
+
+def test_stacked_decoding_weights_follow_a_dtype_round_trip(llama):
+    """head.to(bf16).to(float32) rounds the weights; the stacked decoding weights are rebuilt from the rounded
+    ones: `.to()` drops them (the float32 storage's address may be handed out again, so a key on it is not
+    enough)."""
+    torch.manual_seed(5)
+    head = FSPADDraftModel.from_target(llama).eval()
+    ids, feats = torch.tensor([[5, 9, 11]]), torch.randn(1, 3, 64)
+    with torch.no_grad():
+        head(input_ids=ids, features=feats)
+        assert "_stacked_linears" in head.self_attn.__dict__ and "_stacked_linears" in head.__dict__
+        head.to(torch.bfloat16).to(torch.float32)
+        assert "_stacked_linears" not in head.self_attn.__dict__ and "_stacked_linears" not in head.__dict__
+        decoding = head(input_ids=ids, features=feats).features
+    assert torch.equal(decoding, head(input_ids=ids, features=feats).features.detach())  # the module path

@@ -5,6 +5,7 @@ never pays degrades every cycle to a plain decoding step)."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,6 +121,36 @@ def test_cycle_fit_recovers_the_factors_that_made_the_cycles():
     assert fit_cycle_costs([(n, s, L, 100 * t) for n, s, L, t in cycles], curve)[0] == 10.0
     with pytest.raises(ValueError, match="at least 3 cycles"):
         fit_cycle_costs(cycles[:2], curve)
+
+
+def test_cycle_fit_tells_level_from_slope_by_the_plain_step():
+    """Where c(n) - c(1) is the same for every timed tree (float32 GEMMs on a CPU: 2 to 16 tokens cost alike), the
+    level and slope columns are one, unless a plain step (one token verified) is among the cycles: with it the
+    fit finds the factors that made the cycles, and prices a plain step at what it cost."""
+    flat = CostCurve(sizes=(1, 2, 16, 32), verify_ms=(65.0, 106.0, 106.0, 130.0), head_step_ms=12.0)
+    truth = refit_curve(flat, 1.2, 0.9, 0.5)
+    shapes = [(2, 1, 256), (9, 1, 256), (4, 2, 256), (5, 4, 256), (7, 6, 256), (16, 4, 256)]
+    cycles = [(n, s, L, truth.verify(n) + s * truth.head_step_ms) for n, s, L in [(1, 1, 256)] + shapes]
+    level, slope, head = fit_cycle_costs(cycles, flat)
+    assert (level, slope, head) == pytest.approx((1.2, 0.9, 0.5))
+    assert refit_curve(flat, level, slope, head).verify(1) == pytest.approx(1.2 * 65.0)
+    # without the plain step the same cycles fit any level: nothing pins it
+    X = np.array([[flat.verify(1), flat.verify(n) - flat.verify(1), s * 12.0] for n, s, _ in shapes])
+    assert np.linalg.matrix_rank(X) == 2
+
+
+def test_calibration_times_a_plain_step():
+    """PLAIN_CYCLE decodes with a curve under which no draft pays: every cycle verifies one token after its
+    catch-up, and its row says so."""
+    from hf_specdec.strategies import calibration
+
+    assert calibration.PLAIN_CYCLE in calibration.CYCLE_SHAPES
+    target = tiny_target(seed=7)
+    head = FSPADDraftModel.from_target(target)
+    rows = calibration.time_cycles(target, head, shapes=(calibration.PLAIN_CYCLE, (2, 2, 4)), prefix=16, cycles=2,
+                                   rounds=1)
+    assert [(n, steps) for n, steps, _, _ in rows] == [(1, 1), (4, 2)]
+    assert all(ms > 0 for *_, ms in rows)
 
 
 def test_head_pays_by_hand():

@@ -63,15 +63,64 @@ def check_loading_info(info: dict, source, model_name: str = "the head") -> None
         )
 
 
-def rotate_query_key(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """[-s1, s2]: sin with its first half negated (see `rotate_query_key`)."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rotate_query_key(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     sin_signed: torch.Tensor | None = None):
     """The rotary embedding, as transformers' apply_rotary_pos_emb computes it: x cos + rotate_half(x) sin with
     rotate_half(x) = [-x2, x1]. Here [-x2, x1] sin = roll(x) [-s1, s2] (x rolled by half the head dimension, the
     sign moved onto sin, once for query and key): the same products, bit for bit (a sign commutes exactly), in
-    fewer operations. query / key [B, heads, q, D]; cos / sin [B, q, D]."""
+    fewer operations. query / key [B, heads, q, D]; cos / sin [B, q, D]; `sin_signed`, when the caller has it
+    (the head's rotary table keeps it), is `signed_sin(sin)`."""
     half = cos.shape[-1] // 2
-    cos, sin = cos[:, None], sin[:, None]
-    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return (query * cos + query.roll(half, -1) * signed_sin, key * cos + key.roll(half, -1) * signed_sin)
+    cos, sin_signed = cos[:, None], (signed_sin(sin) if sin_signed is None else sin_signed)[:, None]
+    return (query * cos + query.roll(half, -1) * sin_signed, key * cos + key.roll(half, -1) * sin_signed)
+
+
+def is_plain(module: nn.Module, kind: type = nn.Linear) -> bool:
+    """Whether calling `module` runs exactly `kind.forward` and nothing else: an instance of `kind` itself (not a
+    PEFT LoRA layer or another subclass), with no hooks of its own or global ones and no forward patched onto the
+    instance (accelerate's hooks do that). Only then may a head step skip the module call."""
+    hooks = nn.modules.module
+    return (type(module) is kind and "forward" not in module.__dict__
+            and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                     or module._backward_pre_hooks)
+            and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                     or hooks._global_backward_hooks or hooks._global_backward_pre_hooks))
+
+
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`, by F.linear directly where that is all the call would do (`is_plain`): a head step calls a
+    dozen projections on a handful of tokens, and a module call costs about what such a product does."""
+    if is_plain(module):
+        return F.linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...]):
+    """(weight, bias) of the projections `modules` stacked along their outputs, so that one F.linear computes all
+    of them (the same values as each alone: every output is its own row's dot product; tested), or None where
+    that would change what runs: a module that is not a plain nn.Linear (`is_plain`: a PEFT layer, a
+    hook), some with a bias and some without, or gradients being recorded (training calls the modules). Cached
+    on `owner` under `name` until a weight changes: its storage or version (an in-place update: an optimizer
+    step, load_state_dict), or a `.to()` of the head (`DraftHead._apply` drops the stacks)."""
+    if torch.is_grad_enabled() or not all(is_plain(m) for m in modules):
+        return None
+    biases = [m.bias for m in modules]
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        return None
+    key = tuple((p.data_ptr(), p._version) for m in modules for p in (m.weight, m.bias) if p is not None)
+    stacks = owner.__dict__.setdefault("_stacked_linears", {})
+    cached = stacks.get(name)
+    if cached is None or cached[0] != key:
+        weight = torch.cat([m.weight for m in modules])
+        bias = None if biases[0] is None else torch.cat(biases)
+        cached = stacks[name] = (key, weight, bias)
+    return cached[1], cached[2]
 
 
 def rms_norm(norm: LlamaRMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -86,22 +135,35 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
     """What `LlamaAttention.forward` computes, called on its projections directly: the same values, bit for bit
     (the rotary embedding by `rotate_query_key`; tested against LlamaAttention), dispatched to the same attention
     implementation (sdpa, eager, or our tree attention kernel), without the wrappers around
-    LlamaAttention.forward. A head runs four or
-    more times per cycle on a handful of tokens, where those wrappers cost about as much as the attention
-    itself (`hf-specdec overhead`). The projections are still called as modules, so hooks and PEFT adapters on
-    them apply."""
+    LlamaAttention.forward. A head runs four or more times per cycle on a handful of tokens, where those wrappers
+    cost about as much as the attention itself (`hf-specdec overhead`). While decoding (no gradients) with plain
+    nn.Linear projections, query, key and value come from one product with their weights stacked
+    (`stacked_linear`) and are rotated together; otherwise (training, PEFT adapters, hooks) the projections are
+    called as modules, so hooks and adapters apply. `position_embeddings`: (cos, sin) or (cos, sin, signed sin)."""
     input_shape = hidden_states.shape[:-1]
-    hidden_shape = (*input_shape, -1, attn.head_dim)
-    query = attn.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    key = attn.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    value = attn.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    query, key = rotate_query_key(query, key, *position_embeddings)
+    D = attn.head_dim
+    qkv = stacked_linear(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
+    if qkv is not None:
+        cos, sin, *rest = position_embeddings
+        sin_signed = (rest[0] if rest else signed_sin(sin))[:, :, None]
+        states = F.linear(hidden_states, *qkv).view(*input_shape, -1, D)  # [B, q, heads + 2 kv heads, D]
+        kv_heads = attn.k_proj.weight.shape[0] // D
+        rotated = states[..., :-kv_heads, :]
+        rotated = rotated * cos[:, :, None] + rotated.roll(D // 2, -1) * sin_signed
+        query, key = rotated[..., :-kv_heads, :].transpose(1, 2), rotated[..., -kv_heads:, :].transpose(1, 2)
+        value = states[..., -kv_heads:, :].transpose(1, 2)
+    else:
+        hidden_shape = (*input_shape, -1, D)
+        query = attn.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = attn.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = attn.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query, key = rotate_query_key(query, key, *position_embeddings)
     if cache is not None:
         key, value = cache.update(key, value, attn.layer_idx)
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
     out, _ = attention(attn, query, key, value, attention_mask, dropout=attn.attention_dropout if attn.training else 0.0,
                        scaling=attn.scaling, is_causal=is_causal)
-    return attn.o_proj(out.reshape(*input_shape, -1).contiguous())
+    return linear(attn.o_proj, out.reshape(*input_shape, -1).contiguous())
 
 
 @dataclass
@@ -144,6 +206,13 @@ class DraftHead(PreTrainedModel):
             module.weight.data.fill_(1.0)
         else:  # e.g. the rotary embedding's inv_freq: a non-persistent buffer that from_pretrained must recompute
             super()._init_weights(module)
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to()`, `.half()`, ...: the weights stacked for decoding (`stacked_linear`) are built again from the
+        converted ones (a freed storage's address can come back with other values under it)."""
+        for module in self.modules():
+            module.__dict__.pop("_stacked_linears", None)
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------ checkpoints
     # transformers keeps a generation_config only for models that generate; the head's carries the tree
@@ -226,25 +295,31 @@ class DraftHead(PreTrainedModel):
 
     # ----------------------------------------------------------------------------------------- compute
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._parts().embed_tokens(input_ids)
+        """The target's embeddings of `input_ids` (its module's own forward, called directly where plain)."""
+        embed = self._parts().embed_tokens
+        if is_plain(embed, nn.Embedding):
+            return F.embedding(input_ids, embed.weight, embed.padding_idx, embed.max_norm, embed.norm_type,
+                               embed.scale_grad_by_freq, embed.sparse)
+        return embed(input_ids)
 
     def position_embeddings(self, h: torch.Tensor, position_ids: torch.Tensor, max_position: int | None = None):
         """(cos, sin) [B, q, D] of the rotary embedding at `position_ids`, in h's dtype. With `max_position`, a
         bound on the positions the caller knows without reading them (a drafter knows its cache length), they
         are looked up in a table of positions [0, n) the head's own rotary module computed once (grown by
-        doubling), the same values bit for bit (tested): two index ops instead of the dozen a rotary forward
-        runs, on every head forward of every cycle. Without it, the rotary module runs on the positions."""
+        doubling), the same values bit for bit (tested): a few index ops instead of the dozen a rotary forward
+        runs, on every head forward of every cycle; the table also keeps `signed_sin(sin)`, returned third, so
+        the rotation need not build it each forward. Without it, the rotary module runs on the positions."""
         if max_position is None:
             return self.rotary_emb(h, position_ids)
         inv_freq = self.rotary_emb.inv_freq
         key = (h.device, h.dtype, inv_freq.data_ptr(), inv_freq._version)
         table = getattr(self, "_rotary_table", None)
-        if table is None or table[0] != key or table[1].shape[1] < max_position:
-            grown = 2 * table[1].shape[1] if table is not None and table[0] == key else 256
+        if table is None or table[0] != key or table[1].shape[0] < max_position:
+            grown = 2 * table[1].shape[0] if table is not None and table[0] == key else 256
             cos, sin = self.rotary_emb(h[:1, :1], torch.arange(max(max_position, grown), device=h.device)[None])
-            table = self._rotary_table = (key, cos, sin)
-        _, cos, sin = table
-        return cos[0, position_ids], sin[0, position_ids]
+            table = self._rotary_table = (key, cos[0], sin[0], signed_sin(sin[0]))
+        _, cos, sin, sin_signed = table
+        return cos[position_ids], sin[position_ids], sin_signed[position_ids]
 
     def scatter_to_target(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Draft-vocabulary values [..., V'] at their target ids in [..., V] (`fill` elsewhere); unchanged when

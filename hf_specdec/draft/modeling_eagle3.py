@@ -127,6 +127,6 @@ class Eagle3DraftModel(DraftHead):
         out = residual + attn
         out = out + layer.mlp(rms_norm(layer.post_attention_layernorm, out))
         for extra in self.extra_layers:
-            out = extra(out, attention_mask=attention_mask, position_ids=position_ids, position_embeddings=cos_sin,
+            out = extra(out, attention_mask=attention_mask, position_ids=position_ids, position_embeddings=cos_sin[:2],
                         **cache_kwargs(cache))
         return DraftOutput(hidden_states=rms_norm(self.norm, out), features=out, cache=cache)

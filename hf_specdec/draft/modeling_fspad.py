@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .base import DraftHead, DraftOutput, TargetParts, embedding_fingerprint, head_attention, rms_norm, tokenizer_hash
+from .base import (DraftHead, DraftOutput, TargetParts, embedding_fingerprint, head_attention, linear, rms_norm,
+                   stacked_linear, tokenizer_hash)
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -55,6 +56,8 @@ class FSPADDraftModel(DraftHead):
         if config.draft_vocab_size is not None:
             self.register_buffer("draft_to_target", torch.zeros(config.draft_vocab_size, dtype=torch.long))
         self._target: TargetParts | None = None
+        # read on every head step: plain attributes, not the config's (transformers' config lookups cost ~1 us)
+        self._feature_sampling, self._partial_alignment = config.use_feature_sampling, config.use_partial_alignment
         self.post_init()
 
     # ----------------------------------------------------------------------------------------- pairing
@@ -132,10 +135,11 @@ class FSPADDraftModel(DraftHead):
         cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
-        e = inputs_embeds.to(self.fc.weight.dtype)
-        h = self.fc(torch.cat([e, features.to(e.dtype)], dim=-1))
-        if self.config.use_feature_sampling:
-            h = h + self.fs_down_proj(F.silu(self.fs_gate_proj(e)) * self.fs_up_proj(rms_norm(self.fs_norm, h)))
+        dtype = self.fc.weight.dtype
+        e = inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
+        h = linear(self.fc, torch.cat([e, features if features.dtype == dtype else features.to(dtype)], dim=-1))
+        if self._feature_sampling:
+            h = h + linear(self.fs_down_proj, F.silu(linear(self.fs_gate_proj, e)) * linear(self.fs_up_proj, rms_norm(self.fs_norm, h)))
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None and past > 0 and h.shape[1] > 1:
             raise ValueError(
@@ -149,9 +153,14 @@ class FSPADDraftModel(DraftHead):
         is_causal = attention_mask is None and h.shape[1] > 1
         a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal)
         m = rms_norm(self.post_attention_layernorm, a)
-        mlp = self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
-        if self.config.use_partial_alignment:
-            H = self.config.hidden_size
+        gate_up = stacked_linear(self, "gate_up", (self.gate_proj, self.up_proj))
+        if gate_up is not None:  # decoding: one product for both (see stacked_linear)
+            gate, up = F.linear(m, *gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(m), self.up_proj(m)
+        mlp = linear(self.down_proj, F.silu(gate) * up)
+        if self._partial_alignment:
+            H = a.shape[-1]
             hidden, features_out = a + mlp[..., :H], a + mlp[..., H:]
         else:
             hidden = features_out = a + mlp

@@ -38,9 +38,18 @@ PREFIX = 256
 LONG_PREFIX = 1024  # a cycle deep in a long prompt (summarization, RAG) attends to ~1k cached tokens
 ROUNDS = 5
 OVERHEAD_MS = 2.0  # the isolated curve's host time per cycle (order of `hf-specdec overhead`, CPU); the fit replaces it
+# A cycle that verifies the root alone: the plain decoding step a sized tree degrades to when no draft pays
+# (its catch-up still runs). Timed among the shapes below, it is the only cycle whose tree adds nothing to c(1),
+# so the only one that tells the fit's level apart from its slope: where c(n) - c(1) is the same for every timed
+# tree (float32 on the AVX-512 EPYC, 2026-12-06: c(1) 65 ms, c(2..16) 106 ms), the two were one column, and a fit
+# without it priced a plain step at 6.5 ms.
+PLAIN_CYCLE = (1, 1, 1)
 # Fixed trees (children per node, depth, tree tokens) timed as whole cycles, spread so that tree size and head
-# steps vary apart: chains, one wide level, EAGLE-2 trees.
-CYCLE_SHAPES = ((1, 1, 2), (8, 1, 9), (2, 2, 4), (1, 4, 5), (1, 6, 7), (4, 4, 16), (4, 3, 24), (8, 3, 32))
+# steps vary apart: chains, one wide level, EAGLE-2 trees; and the plain step.
+CYCLE_SHAPES = (PLAIN_CYCLE, (1, 1, 2), (8, 1, 9), (2, 2, 4), (1, 4, 5), (1, 6, 7), (4, 4, 16), (4, 3, 24), (8, 3, 32))
+# The curve a plain step is decoded with: any tree beyond the root, and any head expansion, costs more than it
+# can return, so every cycle verifies one token.
+_NOTHING_PAYS = CostCurve(sizes=(1, 2), verify_ms=(1.0, 1e9), head_step_ms=1e9)
 CYCLES = 4  # timed cycles per decode, after an untimed first one
 CYCLE_ROUNDS = 3  # decodes per shape, interleaved with the other shapes'
 
@@ -50,7 +59,7 @@ _MEASURING = threading.Lock()
 
 def cost_key(model, head) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
-    parts = ["curve format 3: two contexts, fitted to cycles",
+    parts = ["curve format 4: two contexts, fitted to cycles with a plain step among them",
              model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
@@ -145,7 +154,8 @@ class _CycleClock:
 @torch.no_grad()
 def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: int = CYCLES,
                 rounds: int = CYCLE_ROUNDS) -> list[tuple[int, int, int, float]]:
-    """Whole cycles of strategy="fspad" with each fixed tree shape (no lookup drafts), greedy on a random prompt
+    """Whole cycles of strategy="fspad" with each fixed tree shape (no lookup drafts; PLAIN_CYCLE: a plain
+    decoding step), greedy on a random prompt
     of `prefix` tokens: per shape (tree tokens, head steps per cycle incl. the catch-up, cached tokens, median
     ms of its cycles after the first of each decode). The shapes are decoded in `rounds` interleaved rounds,
     their order rotated each round, so that a slow spell of a shared machine falls on every shape alike rather
@@ -163,9 +173,10 @@ def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: 
         for shape in shapes[r % len(shapes):] + shapes[:r % len(shapes)]:
             top_k, depth, total = shape
             clock = _CycleClock()
+            tree = (dict(cost_curve=_NOTHING_PAYS) if shape == PLAIN_CYCLE
+                    else dict(tree_top_k=top_k, tree_depth=depth, tree_total_tokens=total))
             out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                 assistant_model=head, strategy="fspad", tree_top_k=top_k, tree_depth=depth,
-                                 tree_total_tokens=total, lookup_tokens=0, streamer=clock)
+                                 assistant_model=head, strategy="fspad", lookup_tokens=0, streamer=clock, **tree)
             # chunks: the prompt, the prefill's token, then one per cycle
             times = clock.times[2:] if len(clock.times) > 3 else clock.times[1:]
             spans[shape] += [(b - a) * 1000 for a, b in zip(times, times[1:])]

@@ -12,7 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from ..draft.base import DraftHead
-from ..tree import check_compactable, crop_cache, tree_mask_for
+from ..tree import check_compactable, crop_cache, tree_mask_builder, tree_mask_for
 from ..tree.ragged import Slots, chain_ancestors, keep_cache_rows, last_real
 from .common import SpecDecodeStats
 from .engine import target_forward
@@ -27,6 +27,14 @@ class HeadDrafter:
         self.cache = DynamicCache()
         self.stats = stats
         self.feature_layers = head.feature_layers
+        self._tree_mask = None  # tree_mask_builder(head), bound on first use (inside the engine's tree_attention_for)
+
+    def tree_mask(self, ancestors: torch.Tensor, cached: int) -> torch.Tensor:
+        """`tree_mask_for(self.head, ...)`, with the head's attention implementation and dtype read once: a
+        drafter serves one generate call, whose implementation does not change while it decodes."""
+        if self._tree_mask is None:
+            self._tree_mask = tree_mask_builder(self.head)
+        return self._tree_mask(ancestors, cached)
 
     def start(self, prompt, first, features, valid=None):
         """`valid` [B, L]: which prompt slots hold tokens (a left-padded batch); None for one unpadded row."""
@@ -54,7 +62,7 @@ class HeadDrafter:
             # The new pairs see the whole cache and each other causally: a chain is a tree whose ancestors are
             # the lower triangle, so the expansion's mask path serves (packed for the tree attention kernel).
             chain = torch.ones(P, P, dtype=torch.bool, device=tokens.device).tril()[None]
-            mask = tree_mask_for(self.head, chain, cached)
+            mask = self.tree_mask(chain, cached)
         out = self.head(input_ids=tokens, features=features, position_ids=positions, attention_mask=mask,
                         cache=self.cache, max_position=bound)
         self.stats.draft_forwards += 1
@@ -74,7 +82,7 @@ class HeadDrafter:
                 mask, positions = cached.mask(self.head, slot_ancestors), cached.positions(torch.full_like(tokens, depth - 1))
                 bound = cached.width + depth
             else:
-                mask = tree_mask_for(self.head, slot_ancestors, cached)
+                mask = self.tree_mask(slot_ancestors, cached)
                 positions = torch.full(tokens.shape, cached + depth - 1, device=tokens.device)
                 bound = cached + depth
             out = self.head(input_ids=tokens, features=features, position_ids=positions, attention_mask=mask,

@@ -26,7 +26,7 @@ from ..tree import (
     check_tree_attention,
     compact_cache,
     tree_attention_for,
-    tree_mask_for,
+    tree_mask_builder,
     tree_position_ids,
 )
 from ..verification import Verdict, first_argmax
@@ -195,9 +195,10 @@ def _decode(model, prompt, padding, cache, drafter, grow, verify, logits_process
     if not emitter.finished:
         draft_state = drafter.start(prompt, first, features)
 
+    tree_mask = tree_mask_builder(model)  # the attention implementation is fixed for the call (run_tree_decoding)
     while not emitter.finished:
         tree = grow(emitter.sequence[:, padding.shape[1]:], draft_state, L)
-        mask = tree_mask_for(model, tree.ancestors, L)
+        mask = tree_mask(tree.ancestors, L)
         features, logits = target_forward(model, tree.tokens, cache, tree_position_ids(tree.depths, L), mask,
                                           feature_layers=drafter.feature_layers)
         stats.target_forwards += 1

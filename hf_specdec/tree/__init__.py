@@ -6,6 +6,7 @@ from .attention import (
     check_tree_attention,
     register_tree_attention,
     tree_attention_for,
+    tree_mask_builder,
     tree_mask_for,
 )
 from .cache import check_compactable, compact_cache, crop_cache
@@ -33,6 +34,7 @@ __all__ = [
     "SampledDraftTree",
     "tree_attention_mask",
     "pack_tree_mask",
+    "tree_mask_builder",
     "tree_mask_for",
     "tree_attention_for",
     "check_tree_attention",
