@@ -1,0 +1,59 @@
+"""Time one head expansion step (4 nodes with a tree mask after a cached prefix, the cache cropped back after
+each) of a random FSPAD head, SmolLM2-sized in bf16 or tiny in float32: the README's head-step A/B. Run it once
+per code version, alternating, in separate processes.
+
+    python examples/time_head_step.py [--tiny] [--rounds 7] [--steps 200]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from hf_specdec import FSPADDraftModel
+from hf_specdec.tree import crop_cache, tree_attention_mask
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers' shape, float32 (host cost only)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    if args.tiny:
+        config, dtype, cached = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                            num_attention_heads=4, num_key_value_heads=2), torch.float32, 64
+    else:
+        config, dtype, cached = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
+                                            num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True), torch.bfloat16, 300
+    head = FSPADDraftModel.from_target(LlamaForCausalLM(config).to(dtype).eval()).eval()
+    H, cache = config.hidden_size, DynamicCache()
+    ids, features = torch.randint(1, 500, (1, 4)), torch.randn(1, 4, H, dtype=dtype)
+    ancestors, positions = torch.eye(4, dtype=torch.bool)[None], torch.full((1, 4), cached)
+    with torch.no_grad():
+        head(input_ids=torch.randint(1, 500, (1, cached)), features=torch.randn(1, cached, H, dtype=dtype), cache=cache,
+             max_position=cached)
+
+        def step():
+            mask = tree_attention_mask(ancestors, cached, dtype)
+            head(input_ids=ids, features=features, position_ids=positions, attention_mask=mask, cache=cache,
+                 max_position=cached + 1)
+            crop_cache(cache, cached)
+
+        for _ in range(args.steps // 4):
+            step()
+        rounds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            rounds.append((time.perf_counter() - start) / args.steps * 1e6)
+    print(f"head step: {statistics.median(rounds):.0f} us (median of {args.rounds} rounds of {args.steps}; "
+          f"{'tiny float32' if args.tiny else 'SmolLM2-sized bf16'}, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
