@@ -3,6 +3,7 @@ each) of a random FSPAD head, SmolLM2-sized in bf16 or tiny in float32: the READ
 per code version, alternating, in separate processes.
 
     python examples/time_head_step.py [--tiny] [--rounds 7] [--steps 200]
+    python examples/time_head_step.py --ops      # what single small ops cost on this CPU, one thread
 """
 
 import argparse
@@ -12,8 +13,26 @@ import time
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from torch.nn import functional as F
+
 from hf_specdec import FSPADDraftModel
 from hf_specdec.tree import crop_cache, tree_attention_mask
+
+
+def time_ops(calls: int = 5000) -> None:
+    """Mean microseconds per call of the small ops a tiny head step is made of ([1, 4, 64] inputs, one thread)."""
+    torch.set_num_threads(1)
+    x, w, norm_weight = torch.randn(1, 4, 64), torch.randn(128, 64), torch.ones(64)
+    ops = {"F.linear [1,4,64] x [64,128]": lambda: F.linear(x, w),
+           "F.rms_norm [1,4,64]": lambda: F.rms_norm(x, (64,), norm_weight, 1e-6),
+           "add [1,4,64]": lambda: x + x}
+    for name, op in ops.items():
+        for _ in range(200):
+            op()
+        start = time.perf_counter()
+        for _ in range(calls):
+            op()
+        print(f"{name}: {(time.perf_counter() - start) / calls * 1e6:.1f} us")
 
 
 def main():
@@ -21,7 +40,10 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers' shape, float32 (host cost only)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--ops", action="store_true", help="time single small ops instead")
     args = ap.parse_args()
+    if args.ops:
+        return time_ops()
     torch.manual_seed(0)
     if args.tiny:
         config, dtype, cached = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,

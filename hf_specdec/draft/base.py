@@ -114,7 +114,9 @@ def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...]):
     if any(b is None for b in biases) and not all(b is None for b in biases):
         return None
     key = tuple((p.data_ptr(), p._version) for m in modules for p in (m.weight, m.bias) if p is not None)
-    stacks = owner.__dict__.setdefault("_stacked_linears", {})
+    stacks = owner.__dict__.get("_stacked_linears")
+    if stacks is None:
+        stacks = owner.__dict__["_stacked_linears"] = {}
     cached = stacks.get(name)
     if cached is None or cached[0] != key:
         weight = torch.cat([m.weight for m in modules])
