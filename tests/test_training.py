@@ -118,6 +118,39 @@ def test_self_distill_is_greedy_and_resumes(smol_tokenizer, tmp_path):
         assert r["loss_mask"] == [0] * len(prompt) + [1] * len(alone)
 
 
+def test_reference_samples_are_written_filtered_and_resume(smol_tokenizer, tmp_path):
+    convs = [data_mod.Conversation("long", [{"role": "user", "content": "Count."}], "one two three four five six seven eight"),
+             data_mod.Conversation("short", [{"role": "user", "content": "Yes?"}], "Yes"),
+             data_mod.Conversation("none", [{"role": "user", "content": "Hi"}], None),
+             data_mod.Conversation("wordy", [{"role": "user", "content": "word " * 60}], "a b c d e f g h i j")]
+    out = tmp_path / "references.jsonl"
+    data_mod.write_reference_samples(smol_tokenizer, convs[:1], out, max_prompt_tokens=40)
+    data_mod.write_reference_samples(smol_tokenizer, convs, out, max_prompt_tokens=40)
+    rows = data_mod.read_samples(out)
+    # no row twice; too short an answer, no answer and too long a prompt are left out
+    assert [r["id"] for r in rows] == ["long"]
+    assert rows[0] == data_mod.reference_sample(smol_tokenizer, convs[0])
+
+
+def test_distill_cli_writes_references_without_a_model(smol_tokenizer, tmp_path, monkeypatch):
+    from hf_specdec.training import prepare
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"id": i, "source": "s", "prompt": f"Question {i}?", "reference": "an answer of more than eight words here"}
+            for i in range(4)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(prepare, "load_target_tokenizer", lambda name: smol_tokenizer)
+    monkeypatch.setattr(prepare, "load_target", lambda *a: pytest.fail("--references must not load the model"))
+    out = tmp_path / "refs.jsonl"
+    assert prepare.distill_main(["--prompts", str(pool), "--references", "--skip-per-source", "1", "--per-source", "2",
+                                 "--out", str(out)]) == 0
+    assert [r["id"] for r in data_mod.read_samples(out)] == ["1", "2"]
+    with pytest.raises(SystemExit):
+        prepare.distill_main(["--prompts", str(pool), "--references", "--sample", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        prepare.distill_main(["--prompts", str(pool), "--skip-per-source", "-1", "--out", str(out)])
+
+
 # -------------------------------------------------------------------------------------------- features
 def test_feature_shards_round_trip_and_resume(tmp_path):
     target = tiny_target("llama")
@@ -393,6 +426,10 @@ def test_distill_selects_sources_and_prompt_lengths(smol_tokenizer, tmp_path):
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [c.id for c in prepare.select_per_source(pool, None, None, ["long"])] == ["1", "3", "5"]
     assert [c.id for c in prepare.select_per_source(pool, 1, None, ["long", "short"])] == ["0", "1"]
+    # skip: the prompts after those a --per-source run answered, per source
+    assert [c.id for c in prepare.select_per_source(pool, 1, None, None, skip=1)] == ["2", "3"]
+    assert [c.id for c in prepare.select_per_source(pool, None, None, ["long"], skip=2)] == ["5"]
+    assert [c.id for c in prepare.select_per_source(pool, None, None, None, skip=3)] == []
     target = tiny_target("llama", vocab_size=len(smol_tokenizer))
     out = tmp_path / "long.jsonl"
     data_mod.self_distill(target, smol_tokenizer, prepare.select_per_source(pool, None, None), out,

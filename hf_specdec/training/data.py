@@ -171,6 +171,28 @@ def self_distill(
     return out_path
 
 
+def write_reference_samples(tokenizer, conversations: list[Conversation], out_path, max_prompt_tokens: int = 1024,
+                            min_prompt_tokens: int = 0, min_response_tokens: int = 8) -> Path:
+    """`self_distill`'s rows with each conversation's own reference as the response (`reference_sample`): no
+    generation, so a head can train on the pool's written answers (the target still labels every position).
+    Rows without a reference, with fewer than `min_response_tokens` response tokens, or whose prompt falls
+    outside [min_prompt_tokens, max_prompt_tokens] are skipped. Appends, skipping ids already in the file."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _done_ids(out_path)
+    with open(out_path, "a", encoding="utf-8") as out:
+        for conv in conversations:
+            if conv.id in done:
+                continue
+            row = reference_sample(tokenizer, conv)
+            if row is None:
+                continue
+            n_prompt = row["loss_mask"].count(0)
+            if min_prompt_tokens <= n_prompt <= max_prompt_tokens and sum(row["loss_mask"]) >= min_response_tokens:
+                out.write(json.dumps(row) + "\n")
+    return out_path
+
+
 def read_samples(path) -> list[dict]:
     """Rows written by `self_distill` (or any JSONL of {id, input_ids, loss_mask}); cut lines are skipped."""
     samples = []

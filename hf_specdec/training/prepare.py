@@ -13,15 +13,16 @@ from collections import defaultdict
 
 import torch
 
-from .data import read_conversations, read_samples, reference_sample, self_distill
+from .data import read_conversations, read_samples, reference_sample, self_distill, write_reference_samples
 from .features import extract_features
 
 
-def select_per_source(path, per_source: int | None, limit: int | None, only_sources=None) -> list:
-    """The first `per_source` rows of each `source` (rows without one share a single bucket), file order;
-    with `only_sources`, rows of those sources alone."""
+def select_per_source(path, per_source: int | None, limit: int | None, only_sources=None, skip: int = 0) -> list:
+    """The first `per_source` rows of each `source` after its first `skip` (rows without one share a single
+    bucket), file order; with `only_sources`, rows of those sources alone. `skip` reaches prompts an earlier
+    run with `per_source=skip` did not answer."""
     conversations = read_conversations(path)
-    if per_source is None and not only_sources:
+    if per_source is None and not only_sources and not skip:
         return conversations[:limit]
     sources = {}
     with open(path, encoding="utf-8") as f:
@@ -34,8 +35,10 @@ def select_per_source(path, per_source: int | None, limit: int | None, only_sour
         source = sources.get(conv.id, "")
         if only_sources and source not in only_sources:
             continue
-        if per_source is None or counts[source] < per_source:
-            counts[source] += 1
+        counts[source] += 1
+        if counts[source] <= skip:
+            continue
+        if per_source is None or counts[source] <= skip + per_source:
             taken.append(conv)
     return taken[:limit]
 
@@ -99,6 +102,8 @@ def distill_main(argv=None):
     p.add_argument("--out", required=True, help="JSONL of {id, input_ids, loss_mask} (appended to; resumable)")
     add_target_arguments(p)
     p.add_argument("--per-source", type=int, default=None, help="take the first N prompts of each source")
+    p.add_argument("--skip-per-source", type=int, default=0,
+                   help="skip the first N prompts of each source (those an earlier --per-source N run answered)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -106,10 +111,20 @@ def distill_main(argv=None):
     p.add_argument("--min-prompt-tokens", type=int, default=0, help="skip shorter prompts (long-context data)")
     p.add_argument("--sources", nargs="+", default=None, help="only rows of these sources")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy")
+    p.add_argument("--references", action="store_true",
+                   help="write each row's own `reference` as the response instead of generating one")
     args = p.parse_args(argv)
 
+    if args.skip_per_source < 0:
+        p.error(f"--skip-per-source must be >= 0, got {args.skip_per_source}.")
+    conversations = select_per_source(args.prompts, args.per_source, args.limit, args.sources, args.skip_per_source)
+    if args.references:
+        if args.sample:
+            p.error("--references writes the rows' own answers; --sample has nothing to sample. Drop one of them.")
+        write_reference_samples(load_target_tokenizer(args.model), conversations, args.out,
+                                args.max_prompt_tokens, args.min_prompt_tokens)
+        return 0
     model, tokenizer = load_target(args.model, DTYPES[args.dtype], args.adapter)
-    conversations = select_per_source(args.prompts, args.per_source, args.limit, args.sources)
     self_distill(
         model,
         tokenizer,
