@@ -348,7 +348,7 @@ def test_export_writes_serving_dtype_and_tree_defaults(tiny_features, tmp_path):
     assert TreeShape.resolve(head) == TreeShape(2, 3, 6)
 
 
-def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_features, tmp_path):
+def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_features, tmp_path, capsys):
     target, features = tiny_features
     head_dir = train_mod.train(_args(tmp_path, features, max_steps=5, save_every=0), target=target)
     final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["val"]
@@ -358,6 +358,26 @@ def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_
     FSPADDraftModel.from_target(tiny_target("llama", seed=1)).save_pretrained(foreign)
     with pytest.raises(ValueError, match="another target"):
         train_mod.evaluate_heads([foreign], features, val_fraction=0.2, batch_tokens=256, target=target)
+    # the same split of the sample files, features computed on the fly: the same positions, the same accuracy
+    jsonl = tmp_path / "samples.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in random_samples(40)))
+    on_the_fly = train_mod.evaluate_heads([head_dir], samples=[jsonl], val_fraction=0.2, batch_tokens=256,
+                                          target=target, feature_dtype="float32")[str(head_dir)]
+    assert on_the_fly["tokens"] == result["tokens"]
+    assert on_the_fly["top1"] == pytest.approx(result["top1"], abs=0.02)
+    with pytest.raises(ValueError, match="one of them"):
+        train_mod.evaluate_heads([head_dir], features, samples=[jsonl], target=target)
+    # the command: a row for all the files and one per file
+    target.save_pretrained(tmp_path / "target")
+    rows = random_samples(40)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[0::2]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[1::2]))
+    capsys.readouterr()
+    assert train_mod.evaluate_main([str(head_dir), "--samples", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                                    "--model", str(tmp_path / "target"), "--val-fraction", "0.2", "--steps", "2"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "%" in line]
+    counts = {row[1]: int(row[-1].rstrip(" |").replace(",", "")) for row in rows}
+    assert counts["all"] == result["tokens"] == counts["a.jsonl"] + counts["b.jsonl"]
 
 
 # ------------------------------------------------------------------------------------- closer data (v3)

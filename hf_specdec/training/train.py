@@ -318,7 +318,7 @@ def train(args, target=None, tokenizer=None) -> Path:
                     acc = float((logits.argmax(-1) == target_logits.argmax(-1)).float().mean())
                 bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{acc:.3f}")
                 log({"step": state["step"], "loss": loss.item(), "vloss": vloss.item(), "ploss": ploss.item(),
-                     "step_losses": [float(losses[0]) for losses in per_step],
+                     "step_losses": [losses[0].item() for losses in per_step],
                      "train_top1": acc, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - started})
             if args.save_every and state["step"] % args.save_every == 0:
                 save_checkpoint(accelerator, out_dir, state)
@@ -393,45 +393,73 @@ def main(argv=None):
     return 0
 
 
-def evaluate_heads(head_dirs, features, val_fraction=0.05, batch_tokens=4096, model=None, target=None,
-                   tokenizer=None, steps: int = 1) -> dict:
-    """Held-back accuracy of saved heads on one feature folder's validation split, so that heads trained on
-    different data (or budgets) are compared on the same positions. {head_dir: evaluate(...)}"""
+def evaluate_heads(head_dirs, features=None, val_fraction=0.05, batch_tokens=4096, model=None, target=None,
+                   tokenizer=None, steps: int = 1, samples=None, max_length: int = 2048,
+                   feature_dtype: str = "bfloat16") -> dict:
+    """Held-back accuracy of saved heads on one validation split, so that heads trained on different data (or
+    budgets) are compared on the same positions: the split of a feature folder (`features`), or of distilled
+    sample files (`samples`, features computed on the fly as `train --samples` does). {head_dir: evaluate(...)}"""
     from ..draft import FSPADDraftModel
     from .prepare import DTYPES, load_target
 
-    manifest = read_manifest(features)
+    if (features is None) == (samples is None):
+        raise ValueError("evaluate_heads takes a feature folder (features=) or sample files (samples=), one of them.")
+    manifest = read_manifest(features) if features is not None else {"adapter": None}
     if target is None:
         target, tokenizer = load_target(model, DTYPES["float32"], manifest.get("adapter"))
-    val = [s for s in load_samples(features) if is_validation(s["id"], val_fraction)]
+    held = load_samples(features) if features is not None else token_samples(samples, max_length)
+    val = [s for s in held if is_validation(s["id"], val_fraction)]
     if not val:
-        raise ValueError(f"{features} has no held-back samples at --val-fraction {val_fraction}.")
+        raise ValueError(f"{features or ' '.join(map(str, samples))} has no held-back samples at --val-fraction {val_fraction}.")
+    featurize = OnTheFlyFeatures(target, DTYPES[feature_dtype]) if samples is not None else None
     results = {}
     for head_dir in head_dirs:
         head = FSPADDraftModel.from_pretrained(head_dir).float()
-        check_features_match(manifest, head, features)
+        if features is not None:
+            check_features_match(manifest, head, features)
         head.attach_target(target, tokenizer)
         with torch.no_grad():
-            results[str(head_dir)] = evaluate(head, val, batch_tokens, steps=steps)
+            results[str(head_dir)] = evaluate(head, val, batch_tokens, steps=steps, featurize=featurize)
     return results
 
 
 def evaluate_main(argv=None):
     p = argparse.ArgumentParser(prog="hf-specdec evaluate",
-                                description="Top-1 / top-3 of saved heads on the held-back split of a feature folder.")
+                                description="Top-1 / top-3 of saved heads on the held-back split of a feature folder "
+                                            "or of sample files.")
     p.add_argument("heads", nargs="+", help="head folders (a trained run's head/, an export, a shipped head)")
-    p.add_argument("--features", required=True, help="folder written by `hf-specdec features`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help="folder written by `hf-specdec features`")
+    source.add_argument("--samples", nargs="+", help="JSONL(s) written by `hf-specdec distill`: features on the "
+                        "fly, and a row per file besides the one for all of them")
+    p.add_argument("--max-length", type=int, default=2048, help="with --samples: cut samples to this many tokens")
     p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="the split `hf-specdec train` held back")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=3, help="also the top-1 of steps 2..N, fed the head's own features")
     args = p.parse_args(argv)
-    results = evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens, model=args.model,
-                             steps=args.steps)
+    if args.features:
+        groups = {"": dict(features=args.features)}
+    else:
+        groups = {"": dict(samples=args.samples)}
+        if len(args.samples) > 1:
+            groups.update({Path(f).name: dict(samples=[f]) for f in args.samples})
+    from .prepare import DTYPES, load_target
+
+    target, tokenizer = load_target(args.model, DTYPES["float32"],
+                                    read_manifest(args.features).get("adapter") if args.features else None)
     later = [f"top-1 step {j}" for j in range(2, args.steps + 1)]
-    print("| head | top-1 | top-3 | " + "".join(f"{c} | " for c in later) + "positions |")
-    print("|---|---|---|" + "---|" * len(later) + "---|")
-    for head_dir, r in results.items():
-        steps = "".join(f"{r[f'top1_step{j}']:.1%} | " for j in range(2, args.steps + 1))
-        print(f"| {head_dir} | {r['top1']:.1%} | {r['top3']:.1%} | {steps}{r['tokens']:,} |")
+    print("| head | data | top-1 | top-3 | " + "".join(f"{c} | " for c in later) + "positions |")
+    print("|---|---|---|---|" + "---|" * len(later) + "---|")
+    for name, source in groups.items():
+        if name and not any(is_validation(s["id"], args.val_fraction) for s in token_samples(source["samples"], args.max_length)):
+            print(f"| | {name} | no held-back samples at --val-fraction {args.val_fraction} |")
+            continue
+        results = evaluate_heads(args.heads, val_fraction=args.val_fraction, batch_tokens=args.batch_tokens,
+                                 target=target, tokenizer=tokenizer, steps=args.steps, max_length=args.max_length,
+                                 **source)
+        for head_dir, r in results.items():
+            steps = "".join(f"{r[f'top1_step{j}']:.1%} | " for j in range(2, args.steps + 1))
+            print(f"| {head_dir} | {name or 'all'} | {r['top1']:.1%} | {r['top3']:.1%} | {steps}{r['tokens']:,} |",
+                  flush=True)
     return 0
