@@ -6,7 +6,7 @@
 set -euo pipefail
 RUN=${RUN:-runs/v32}
 POOL=${POOL:-../shared/data/train_prompts.jsonl}
-N=${N:-150}  # prompts per source and per step; the whole recipe is ~35 min on two threads at N=150
+N=${N:-150}  # prompts per source and per step; the whole recipe took 35 min on two threads at N=150
 mkdir -p "$RUN"
 
 # 1. Translation both ways, from pool rows 8,000 on (release 3 translated sentences of the first ~900).
@@ -27,16 +27,20 @@ hf-specdec distill --prompts "$POOL" --skip-per-source 1500 --per-source $N --ma
 hf-specdec distill --prompts "$POOL" --skip-per-source $((1500 + N)) --per-source $N --max-prompt-tokens 384 \
     --batch-size 24 --max-new-tokens 192 --sample --out "$RUN/responses_t1.jsonl"
 
-# 3. The pool's own written answers (no generation) for the sources whose references are full answers, after
-#    every prompt used above.
-hf-specdec distill --prompts "$POOL" --references --skip-per-source 2000 --per-source $((10 * N)) \
-    --sources gsm8k-train gpteacher-codegen gpteacher-roleplay gpteacher-toolformer --max-prompt-tokens 1024 \
-    --out "$RUN/references.jsonl"
+# 3. The pool's own written answers (no generation; the target still labels every position): GSM8K and
+#    GPTeacher codegen rows after every prompt used above (roleplay and toolformer have none left), and long
+#    context: T0 rows 4,001-10,000 whose prompts hold 385-2,048 tokens and whose references are real answers
+#    (summaries, mostly), at least 8 tokens.
+hf-specdec distill --prompts "$POOL" --references --skip-per-source 2000 --per-source $((5 * N)) \
+    --sources gsm8k-train gpteacher-codegen --max-prompt-tokens 1024 --out "$RUN/references.jsonl"
+hf-specdec distill --prompts "$POOL" --references --sources t0-train --skip-per-source 4000 --per-source 6000 \
+    --min-prompt-tokens 385 --max-prompt-tokens 2048 --out "$RUN/long_references.jsonl"
 
 hf-specdec data-stats "$RUN"/translation_answers.jsonl "$RUN"/back_translation_answers.jsonl \
-    "$RUN"/responses.jsonl "$RUN"/responses_t1.jsonl "$RUN"/references.jsonl
+    "$RUN"/responses.jsonl "$RUN"/responses_t1.jsonl "$RUN"/references.jsonl "$RUN"/long_references.jsonl
 # Then (resumable; features on the fly):
 # hf-specdec train --samples "$RUN"/translation_answers.jsonl "$RUN"/back_translation_answers.jsonl \
-#     "$RUN"/responses.jsonl "$RUN"/responses_t1.jsonl "$RUN"/references.jsonl --max-length 2048 \
-#     --init hf_specdec/pretrained/smollm2-135m-instruct-fspad --unroll 3 --lr 1e-4 --warmup-steps 20 \
-#     --max-steps 600 --save-every 25 --out "$RUN/fspad"
+#     "$RUN"/responses.jsonl "$RUN"/responses_t1.jsonl "$RUN"/references.jsonl "$RUN"/long_references.jsonl \
+#     --max-length 2048 \
+#     --init hf_specdec/pretrained/smollm2-135m-instruct-fspad --unroll 3 --lr 3e-4 --warmup-steps 20 \
+#     --max-steps 450 --save-every 25 --out "$RUN/fspad"
