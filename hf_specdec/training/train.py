@@ -393,13 +393,29 @@ def main(argv=None):
     return 0
 
 
+def held_back_accuracy(head_dirs, val: list[dict], batch_tokens: int, steps: int, target, tokenizer,
+                       featurize=None, check=None) -> dict:
+    """`evaluate` of each saved head on the held-back samples `val` (features stored, or added by `featurize`);
+    `check(head)`, when given, vets a head before it runs. {head_dir: evaluate(...)}"""
+    from ..draft import FSPADDraftModel
+
+    results = {}
+    for head_dir in head_dirs:
+        head = FSPADDraftModel.from_pretrained(head_dir).float()
+        if check is not None:
+            check(head)
+        head.attach_target(target, tokenizer)
+        with torch.no_grad():
+            results[str(head_dir)] = evaluate(head, val, batch_tokens, steps=steps, featurize=featurize)
+    return results
+
+
 def evaluate_heads(head_dirs, features=None, val_fraction=0.05, batch_tokens=4096, model=None, target=None,
                    tokenizer=None, steps: int = 1, samples=None, max_length: int = 2048,
                    feature_dtype: str = "bfloat16") -> dict:
     """Held-back accuracy of saved heads on one validation split, so that heads trained on different data (or
     budgets) are compared on the same positions: the split of a feature folder (`features`), or of distilled
     sample files (`samples`, features computed on the fly as `train --samples` does). {head_dir: evaluate(...)}"""
-    from ..draft import FSPADDraftModel
     from .prepare import DTYPES, load_target
 
     if (features is None) == (samples is None):
@@ -411,16 +427,11 @@ def evaluate_heads(head_dirs, features=None, val_fraction=0.05, batch_tokens=409
     val = [s for s in held if is_validation(s["id"], val_fraction)]
     if not val:
         raise ValueError(f"{features or ' '.join(map(str, samples))} has no held-back samples at --val-fraction {val_fraction}.")
-    featurize = OnTheFlyFeatures(target, DTYPES[feature_dtype]) if samples is not None else None
-    results = {}
-    for head_dir in head_dirs:
-        head = FSPADDraftModel.from_pretrained(head_dir).float()
-        if features is not None:
-            check_features_match(manifest, head, features)
-        head.attach_target(target, tokenizer)
-        with torch.no_grad():
-            results[str(head_dir)] = evaluate(head, val, batch_tokens, steps=steps, featurize=featurize)
-    return results
+    if features is not None:
+        return held_back_accuracy(head_dirs, val, batch_tokens, steps, target, tokenizer,
+                                  check=lambda head: check_features_match(manifest, head, features))
+    return held_back_accuracy(head_dirs, val, batch_tokens, steps, target, tokenizer,
+                              featurize=OnTheFlyFeatures(target, DTYPES[feature_dtype]))
 
 
 def evaluate_main(argv=None):
@@ -438,28 +449,34 @@ def evaluate_main(argv=None):
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=3, help="also the top-1 of steps 2..N, fed the head's own features")
     args = p.parse_args(argv)
-    if args.features:
-        groups = {"": dict(features=args.features)}
-    else:
-        groups = {"": dict(samples=args.samples)}
-        if len(args.samples) > 1:
-            groups.update({Path(f).name: dict(samples=[f]) for f in args.samples})
-    from .prepare import DTYPES, load_target
-
-    target, tokenizer = load_target(args.model, DTYPES["float32"],
-                                    read_manifest(args.features).get("adapter") if args.features else None)
     later = [f"top-1 step {j}" for j in range(2, args.steps + 1)]
     print("| head | data | top-1 | top-3 | " + "".join(f"{c} | " for c in later) + "positions |")
     print("|---|---|---|---|" + "---|" * len(later) + "---|")
-    for name, source in groups.items():
-        if name and not any(is_validation(s["id"], args.val_fraction) for s in token_samples(source["samples"], args.max_length)):
-            print(f"| | {name} | no held-back samples at --val-fraction {args.val_fraction} |")
-            continue
-        results = evaluate_heads(args.heads, val_fraction=args.val_fraction, batch_tokens=args.batch_tokens,
-                                 target=target, tokenizer=tokenizer, steps=args.steps, max_length=args.max_length,
-                                 **source)
+
+    def report(name, results):
         for head_dir, r in results.items():
             steps = "".join(f"{r[f'top1_step{j}']:.1%} | " for j in range(2, args.steps + 1))
-            print(f"| {head_dir} | {name or 'all'} | {r['top1']:.1%} | {r['top3']:.1%} | {steps}{r['tokens']:,} |",
-                  flush=True)
+            print(f"| {head_dir} | {name} | {r['top1']:.1%} | {r['top3']:.1%} | {steps}{r['tokens']:,} |", flush=True)
+
+    if args.features:
+        report("all", evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens,
+                                     model=args.model, steps=args.steps))
+        return 0
+    from .prepare import DTYPES, load_target
+
+    # Each file read once, the target's bf16 copy made once; the row for all files first, then one per file.
+    val_of = {path: [s for s in token_samples([path], args.max_length) if is_validation(s["id"], args.val_fraction)]
+              for path in args.samples}
+    groups = {"all": [s for val in val_of.values() for s in val]}
+    if len(args.samples) > 1:
+        groups.update({Path(path).name: val for path, val in val_of.items()})
+    if not groups["all"]:
+        p.error(f"{' '.join(args.samples)} hold no held-back samples at --val-fraction {args.val_fraction}.")
+    target, tokenizer = load_target(args.model, DTYPES["float32"])
+    featurize = OnTheFlyFeatures(target, DTYPES["bfloat16"])
+    for name, val in groups.items():
+        if not val:
+            print(f"| | {name} | no held-back samples at --val-fraction {args.val_fraction} |")
+            continue
+        report(name, held_back_accuracy(args.heads, val, args.batch_tokens, args.steps, target, tokenizer, featurize))
     return 0
