@@ -240,6 +240,32 @@ def test_resume_after_a_kill_gives_the_same_head(tiny_features, tmp_path, monkey
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_max_minutes_stops_with_a_head_and_the_same_command_finishes_the_run(tiny_features, tmp_path, monkeypatch):
+    """--max-minutes: the run stops at its budget with a checkpoint and the head so far (metrics say where it
+    stopped); the same command without the budget continues the schedule to the head an uninterrupted run gives."""
+    target, features = tiny_features
+    straight = train_mod.train(_args(tmp_path / "a", features, max_steps=8, save_every=3), target=target)
+
+    clock = iter(range(0, 10**6, 20))  # every reading of the clock is 20 s after the last
+    monkeypatch.setattr(train_mod.time, "time", lambda: next(clock))
+    timed = _args(tmp_path / "b", features, max_steps=8, save_every=3, max_minutes=1.5)
+    head_dir = train_mod.train(timed, target=target)
+    final = json.loads((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["final"] and 0 < final["step"] < 8 and "of 8" in final["stopped"]
+    FSPADDraftModel.from_pretrained(head_dir)  # the head so far is there
+
+    monkeypatch.undo()
+    timed.max_minutes = None
+    finished = train_mod.train(timed, target=target)
+    last = json.loads((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["final"] and last["step"] == 8 and "stopped" not in last
+    a, b = (FSPADDraftModel.from_pretrained(d).state_dict() for d in (straight, finished))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match=r"--max-minutes 1.0: .* \(--save-every > 0\)"):
+        train_mod.train(_args(tmp_path / "c", features, max_steps=2, save_every=0, max_minutes=1.0), target=target)
+
+
 def test_training_on_the_fly_matches_stored_features_and_resumes(tiny_features, tmp_path, monkeypatch):
     """--samples: the target computes each batch's features; the run sees the same batches and features as one
     on stored features (bf16, so they agree to rounding), unrolled training included, and resumes exactly."""

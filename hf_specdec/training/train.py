@@ -10,7 +10,8 @@ With `--samples` (what `hf-specdec distill` writes) the target computes each bat
 GPU machine needs only the samples and writes only checkpoints and the head. Samples are ordered by id in
 both modes, so the batches of a run are the same whichever way its features come.
 
-The same command resumes after a kill (from the newest checkpoint in --out/checkpoints). `accelerate launch`
+The same command resumes after a kill (from the newest checkpoint in --out/checkpoints), or after a run that
+`--max-minutes` stopped (which checkpoints and writes the head so far: a time-boxed run on a lent machine). `accelerate launch`
 runs it on one or several GPUs; plain `hf-specdec train` runs it on this CPU.
 
 Per step, for a batch of samples with tokens x_0..x_{T-1} and features f_0..f_{T-1}: the head reads
@@ -222,6 +223,9 @@ def train(args, target=None, tokenizer=None) -> Path:
     accelerate = require_training_extra("accelerate", "hf-specdec train")
     Accelerator, set_seed = accelerate.Accelerator, accelerate.utils.set_seed
 
+    if args.max_minutes is not None and (args.max_minutes < 0 or not args.save_every):
+        raise ValueError(f"--max-minutes {args.max_minutes}: give a non-negative budget, with checkpoints "
+                         "(--save-every > 0) so that the same command can continue the run.")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
@@ -289,13 +293,17 @@ def train(args, target=None, tokenizer=None) -> Path:
 
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {args.variant}", disable=not accelerator.is_main_process)
     started = time.time()
-    while state["step"] < total_steps:
+
+    def out_of_time() -> bool:
+        return args.max_minutes is not None and time.time() - started >= 60 * args.max_minutes
+
+    while state["step"] < total_steps and not out_of_time():
         batches = make_batches(train_samples, args.batch_tokens, seed=args.seed + state["epoch"])
         # each process takes every n-th batch; all take the same number, so none waits on a missing one
         per_process = len(batches) // accelerator.num_processes
         batches = batches[accelerator.process_index :: accelerator.num_processes][:per_process]
         for b in range(state["batch_in_epoch"], len(batches)):
-            if state["step"] >= total_steps:
+            if state["step"] >= total_steps or out_of_time():
                 break
             batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in batches[b]]).items()}
             if featurize is not None:
@@ -334,6 +342,10 @@ def train(args, target=None, tokenizer=None) -> Path:
     if args.save_every:
         save_checkpoint(accelerator, out_dir, state)
     final = {"step": state["step"], "final": True}
+    if state["step"] < total_steps:  # --max-minutes ran out: the same command goes on from the checkpoint
+        final["stopped"] = f"--max-minutes {args.max_minutes} after step {state['step']} of {total_steps}"
+        accelerator.print(f"stopped by --max-minutes at step {state['step']} of {total_steps}; the head so far is "
+                          f"written, and running the same command again continues the schedule")
     if val:
         final["val"] = evaluate(raw_head, val, args.batch_tokens, steps=args.unroll, featurize=featurize)
         if args.draft_vocab:
@@ -378,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes of this run: checkpoint, write the head so far (the same "
+                        "command continues the schedule later; on a lent GPU machine, a time-boxed run)")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
