@@ -252,3 +252,26 @@ def test_bench_batch_runs_every_batch_size_and_counts_real_tokens(tiny_setup):
     eos = 7
     assert batch.real_new_tokens(torch.tensor([[1, 2, 3, eos, 0, 0], [1, 4, 5, 6, 8, 9]]), 2, {eos}) == [
         [3, eos], [5, 6, 8, 9]]
+
+
+def test_overhead_attributes_every_torch_call_of_a_cycle_to_its_call_site():
+    import sys
+
+    from hf_specdec.bench import overhead
+
+    cycles, sites = overhead.calls_by_site(new_tokens=12)
+    assert cycles > 0
+    per_cycle = {site: calls / cycles for site, calls in sites.items()}
+    assert per_cycle["hf_specdec/tree/growth.py:grow_tree"] >= 1  # the engine's own work, by function
+    assert any(site.startswith("transformers/models/llama/modeling_llama.py:") for site in sites)  # the target's
+    assert per_cycle.get("other", 0) < 1  # nearly every call is asked for by one of the two packages
+    assert overhead.call_site(sys._getframe()) == "other"  # a frame outside both (this test, pytest)
+
+    # the sites share out exactly the calls a plain count sees in the same decoding
+    target, head = overhead.tiny_pair()
+    ids = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # the second run, as calls_by_site counts it (the first builds the head's tables)
+        with torch.no_grad(), overhead.CallCounter() as plain:
+            target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=12,
+                            **overhead.CONFIGS[overhead.SITES_CONFIG])
+    assert sum(sites.values()) == plain.calls

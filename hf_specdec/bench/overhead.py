@@ -3,6 +3,7 @@ so what is measured is the engine's own work (tree growth, masks, verification, 
 cost that sits on top of every cycle on a GPU. Stock greedy decoding of the same model is the reference.
 
     hf-specdec overhead --new-tokens 256 --rounds 5
+    hf-specdec overhead --by-site       (also: where a fixed 4,4,16 cycle's torch calls come from)
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -35,17 +38,58 @@ def tiny_pair(seed: int = 0):
     return target, FSPADDraftModel.from_target(target)
 
 
+SITE_PACKAGES = ("hf_specdec", "transformers")  # where a call is attributed: the innermost frame in one of them
+
+
+def call_site(frame) -> str:
+    """'package/module.py:function' of the innermost frame, from `frame` outwards, in hf_specdec or transformers
+    (the code that asked for the call, not torch's wrappers around it); 'other' where there is none."""
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        for package in SITE_PACKAGES:
+            at = path.rfind(f"/{package}/")
+            if at >= 0:
+                return f"{path[at + 1:]}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return "other"
+
+
 class CallCounter(TorchFunctionMode):
     """Counts the torch calls made inside it (torch functions and tensor methods, as __torch_function__ sees
-    them): on a small model the host time of a step is about this count times a few microseconds."""
+    them): on a small model the host time of a step is about this count times a few microseconds. With
+    `by_site`, also per `call_site` in `sites`. Attribute reads (`.shape` aside: `.data_ptr()`, `._version`,
+    `.dtype`) are counted too, though they cost far less than an operation."""
 
-    def __init__(self):
+    def __init__(self, by_site: bool = False):
         super().__init__()
         self.calls = 0
+        self.sites: Counter | None = Counter() if by_site else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
+        if self.sites is not None:
+            self.sites[call_site(sys._getframe(1))] += 1
         return func(*args, **(kwargs or {}))
+
+
+SITES_CONFIG = "fspad 4,4,16, no lookup"  # the fixed cycle the issue's overhead target is set for
+
+
+@torch.no_grad()
+def calls_by_site(new_tokens: int) -> tuple[int, Counter]:
+    """(cycles, torch calls per call site) of one decoding with the fixed 4,4,16 tree and no lookup (after a
+    warm-up run)."""
+    target, head = tiny_pair()
+    ids = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
+
+    def job():
+        return target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=new_tokens,
+                               return_dict_in_generate=True, **CONFIGS[SITES_CONFIG])
+
+    job()
+    with CallCounter(by_site=True) as counter:
+        out = job()
+    return out.spec_stats.target_forwards - 1, counter.sites
 
 
 @torch.no_grad()
@@ -80,6 +124,8 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default="bench_results/overhead.json")
+    ap.add_argument("--by-site", action="store_true",
+                    help=f"also count the torch calls of a '{SITES_CONFIG}' cycle per call site (untimed)")
     args = ap.parse_args(argv)
     rows = measure(args.new_tokens, args.rounds)
     print(f"| method (tiny random target, {torch.get_num_threads()} threads) | steps | ms per step (token / cycle) "
@@ -87,6 +133,15 @@ def main(argv=None):
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['steps']} | {r['ms_per_step']:.2f} | {r['torch_calls_per_step']:.0f} |")
+    result = {"meta": vars(args), "rows": rows}
+    if args.by_site:
+        cycles, sites = calls_by_site(args.new_tokens)
+        print(f"\n| call site ({SITES_CONFIG}, {cycles} cycles) | torch calls per cycle |")
+        print("|---|---|")
+        for site, calls in sites.most_common():
+            if calls / cycles >= 1:
+                print(f"| {site} | {calls / cycles:.0f} |")
+        result["calls_per_cycle_by_site"] = {site: calls / cycles for site, calls in sites.most_common()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": vars(args), "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
