@@ -396,14 +396,19 @@ def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_
     # the command: a row for all the files and one per file
     target.save_pretrained(tmp_path / "target")
     rows = random_samples(40)
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[0::2]))
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[1::2]))
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[0::3]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[1::3]))
+    (tmp_path / "other").mkdir()  # a file of the same name in another folder is a row of its own
+    (tmp_path / "other" / "a.jsonl").write_text("".join(json.dumps(s) + "\n" for s in rows[2::3]))
+    files = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), str(tmp_path / "other" / "a.jsonl")]
     capsys.readouterr()
-    assert train_mod.evaluate_main([str(head_dir), "--samples", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
-                                    "--model", str(tmp_path / "target"), "--val-fraction", "0.2", "--steps", "2"]) == 0
+    assert train_mod.evaluate_main([str(head_dir), "--samples", *files, "--model", str(tmp_path / "target"),
+                                    "--val-fraction", "0.2", "--steps", "2"]) == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "%" in line]
     counts = {row[1]: int(row[-1].rstrip(" |").replace(",", "")) for row in rows}
-    assert counts["all"] == result["tokens"] == counts["a.jsonl"] + counts["b.jsonl"]
+    assert set(counts) == {"all", files[0], "b.jsonl", files[2]}
+    assert counts["all"] == result["tokens"] == counts[files[0]] + counts["b.jsonl"] + counts[files[2]]
+    assert all(counts[name] for name in counts)  # every file holds held-back positions
 
 
 # ------------------------------------------------------------------------------------- closer data (v3)

@@ -449,6 +449,13 @@ def evaluate_heads(head_dirs, features=None, val_fraction=0.05, batch_tokens=409
                               featurize=OnTheFlyFeatures(target, DTYPES[feature_dtype]))
 
 
+def row_name(path: str, paths: list[str]) -> str:
+    """A file's row in `evaluate --samples`: its name, or the path as given where another file has that name
+    (run/a/responses.jsonl and run/b/responses.jsonl are two rows, not one)."""
+    name = Path(path).name
+    return name if sum(Path(other).name == name for other in paths) == 1 else str(path)
+
+
 def evaluate_main(argv=None):
     p = argparse.ArgumentParser(prog="hf-specdec evaluate",
                                 description="Top-1 / top-3 of saved heads on the held-back split of a feature folder "
@@ -484,7 +491,7 @@ def evaluate_main(argv=None):
               for path in args.samples}
     groups = {"all": [s for val in val_of.values() for s in val]}
     if len(args.samples) > 1:
-        groups.update({Path(path).name: val for path, val in val_of.items()})
+        groups.update({row_name(path, args.samples): val for path, val in val_of.items()})
     if not groups["all"]:
         p.error(f"{' '.join(args.samples)} hold no held-back samples at --val-fraction {args.val_fraction}.")
     target, tokenizer = load_target(args.model, DTYPES["float32"])
