@@ -4,6 +4,7 @@ per code version, alternating, in separate processes.
 
     python examples/time_head_step.py [--tiny] [--rounds 7] [--steps 200]
     python examples/time_head_step.py --ops      # what single small ops cost on this CPU, one thread
+    python examples/time_head_step.py --tiny --compile   # the same step with the head's forward torch.compile'd
 """
 
 import argparse
@@ -41,6 +42,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ops", action="store_true", help="time single small ops instead")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the head's forward (dynamic shapes; its compile time is printed, not timed)")
     args = ap.parse_args()
     if args.ops:
         return time_ops()
@@ -52,6 +55,8 @@ def main():
         config, dtype, cached = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
                                             num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True), torch.bfloat16, 300
     head = FSPADDraftModel.from_target(LlamaForCausalLM(config).to(dtype).eval()).eval()
+    if args.compile:
+        head.forward = torch.compile(head.forward, dynamic=True)
     H, cache = config.hidden_size, DynamicCache()
     ids, features = torch.randint(1, 500, (1, 4)), torch.randn(1, 4, H, dtype=dtype)
     ancestors, positions = torch.eye(4, dtype=torch.bool)[None], torch.full((1, 4), cached)
@@ -65,6 +70,9 @@ def main():
                  max_position=cached + 1)
             crop_cache(cache, cached)
 
+        start = time.perf_counter()
+        step()  # with --compile: the compilation
+        first_ms = (time.perf_counter() - start) * 1e3
         for _ in range(args.steps // 4):
             step()
         rounds = []
@@ -74,7 +82,8 @@ def main():
                 step()
             rounds.append((time.perf_counter() - start) / args.steps * 1e6)
     print(f"head step: {statistics.median(rounds):.0f} us (median of {args.rounds} rounds of {args.steps}; "
-          f"{'tiny float32' if args.tiny else 'SmolLM2-sized bf16'}, {torch.get_num_threads()} threads)")
+          f"{'tiny float32' if args.tiny else 'SmolLM2-sized bf16'}, {torch.get_num_threads()} threads"
+          f"{f', compiled: first call {first_ms / 1e3:.1f} s' if args.compile else ''})")
 
 
 if __name__ == "__main__":

@@ -268,10 +268,8 @@ def test_overhead_attributes_every_torch_call_of_a_cycle_to_its_call_site():
     assert overhead.call_site(sys._getframe()) == "other"  # a frame outside both (this test, pytest)
 
     # the sites share out exactly the calls a plain count sees in the same decoding
-    target, head = overhead.tiny_pair()
-    ids = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
+    job = overhead.decoding_jobs(new_tokens=12)[overhead.SITES_CONFIG]
     for _ in range(2):  # the second run, as calls_by_site counts it (the first builds the head's tables)
         with torch.no_grad(), overhead.CallCounter() as plain:
-            target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=12,
-                            **overhead.CONFIGS[overhead.SITES_CONFIG])
+            job()
     assert sum(sites.values()) == plain.calls

@@ -75,17 +75,24 @@ class CallCounter(TorchFunctionMode):
 SITES_CONFIG = "fspad 4,4,16, no lookup"  # the fixed cycle the issue's overhead target is set for
 
 
+def decoding_jobs(new_tokens: int) -> dict:
+    """{method: a call that decodes `new_tokens` from one fixed prompt with the tiny pair}: stock greedy and each
+    of CONFIGS (those return spec_stats)."""
+    target, head = tiny_pair()
+    ids = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
+    jobs = {"stock greedy": lambda: target.generate(ids, max_new_tokens=new_tokens, do_sample=False)}
+    for name, kwargs in CONFIGS.items():
+        jobs[name] = lambda kwargs=kwargs: target.generate(ids, assistant_model=head, strategy="fspad",
+                                                           max_new_tokens=new_tokens, return_dict_in_generate=True,
+                                                           **kwargs)
+    return jobs
+
+
 @torch.no_grad()
 def calls_by_site(new_tokens: int) -> tuple[int, Counter]:
     """(cycles, torch calls per call site) of one decoding with the fixed 4,4,16 tree and no lookup (after a
     warm-up run)."""
-    target, head = tiny_pair()
-    ids = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
-
-    def job():
-        return target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=new_tokens,
-                               return_dict_in_generate=True, **CONFIGS[SITES_CONFIG])
-
+    job = decoding_jobs(new_tokens)[SITES_CONFIG]
     job()
     with CallCounter(by_site=True) as counter:
         out = job()
@@ -94,13 +101,7 @@ def calls_by_site(new_tokens: int) -> tuple[int, Counter]:
 
 @torch.no_grad()
 def measure(new_tokens: int, rounds: int) -> list[dict]:
-    target, head = tiny_pair()
-    ids = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
-    jobs = {"stock greedy": lambda: target.generate(ids, max_new_tokens=new_tokens, do_sample=False)}
-    for name, kwargs in CONFIGS.items():
-        jobs[name] = lambda kwargs=kwargs: target.generate(ids, assistant_model=head, strategy="fspad",
-                                                           max_new_tokens=new_tokens, return_dict_in_generate=True,
-                                                           **kwargs)
+    jobs = decoding_jobs(new_tokens)
     steps, calls = {}, {}
     for name, job in jobs.items():  # warm-up (and the cost curve, measured once), then an untimed counted run
         out = job()
