@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The recipe that trained the shipped heads for SmolLM2-135M-Instruct on a 2-core CPU: release 2 (steps 1-4), then
-# release 3 (steps 5-7), which continues release 2 on closer data with multi-step training.
+# release 3 (steps 5-7), which continues release 2 on closer data with multi-step training, then releases 3.1 and
+# 3.3 (step 8), which continue it on more data.
 # Every step is resumable: after a kill, run the script again and each command continues where it stopped.
 set -euo pipefail
 RUN=${RUN:-runs/smollm2}
@@ -40,3 +41,7 @@ wait
 for variant in fspad eagle2; do
     hf-specdec export --head "$V3/${variant}_ft/head" --tree 4,4,16 --out "$V3/export-$variant"
 done
+# 8. Release 3.1: the step-6 command on release 3.1's data from release 3's weights (examples/make_v3_data.sh, its
+#    closing comment). Release 3.3 (the FSPAD head shipped now): release 3.1 continued on the target's own answers,
+#    examples/make_v32_data.sh step 2 and then examples/make_v33_candidates.sh, whose arm A, exported with
+#    `hf-specdec export --head runs/v33/a/head --tree 4,4,16`, is hf_specdec/pretrained/smollm2-135m-instruct-fspad.

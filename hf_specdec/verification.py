@@ -92,6 +92,34 @@ def accept_deterministic_drafts(p: torch.Tensor, drafts: torch.Tensor, generator
     return -1, residual
 
 
+def deterministic_acceptance(p: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    """P(`accept_deterministic_drafts` accepts one of the drafts) = sum_j p(x_j), for distinct drafts x_j.
+
+    Draft x_j is tried with the residual p_j = p with x_1..x_{j-1} zeroed, renormalised by 1 - sum_{i<j} p(x_i),
+    and reached with that same probability, so P(x_j accepted) = (1 - sum_{i<j} p(x_i)) p_j(x_j) = p(x_j).
+    This is the acceptance of a tree node's deterministic children under sampling (and of a chain step with
+    one child: the target's probability of the drafted token), which a head should raise for T > 0 the way
+    top-1 agreement counts for greedy decoding. p [..., V], drafts [..., m] -> [...]."""
+    return p.gather(-1, drafts).sum(-1)
+
+
+def expected_accepted(tree: DraftTree, scores: torch.Tensor) -> torch.Tensor:
+    """E[draft tokens `verify_sampling` accepts] for each tree of the batch, given the target's processed scores
+    scores [B, N, V] after every node: [B].
+
+    A node's children are accepted with the target's probability of their tokens (`deterministic_acceptance`),
+    and an accepted child's own children are tried next, so node n is accepted with probability
+    P(n) = prod_{a on n's path, a != root} p_{parent(a)}(x_a), and E[accepted] = sum_{n != root} P(n); a cycle emits
+    1 + that many tokens on average (the bonus token). Unlike the accepted count of one draw, this has no
+    sampling noise of its own: what tells two drafters apart at T > 0 on few prompts."""
+    rows, parent = torch.arange(tree.tokens.shape[0], device=scores.device)[:, None], tree.parents.clamp(min=0)
+    # log p_parent(x_n): node n's token scored where it was drafted, less that node's log normaliser
+    edge = scores[rows, parent, tree.tokens].float() - scores.float().logsumexp(-1).gather(1, parent)
+    edge[:, 0] = 0.0  # the root is given
+    path = torch.where(tree.ancestors, edge[:, None, :], torch.zeros((), device=edge.device)).sum(-1)  # [B, N]
+    return path[:, 1:].exp().sum(-1)
+
+
 def walk_tree(tree: DraftTree, resolve_node) -> Verdict:
     """Walk down from the root of a batch-1 tree. At each node, `resolve_node(node, children)` returns
     (j, token): the index of the accepted child among `children` (tree order), or -1 and the token the

@@ -273,3 +273,25 @@ def test_overhead_attributes_every_torch_call_of_a_cycle_to_its_call_site():
         with torch.no_grad(), overhead.CallCounter() as plain:
             job()
     assert sum(sites.values()) == plain.calls
+
+
+def test_bench_expected_tau_at_sampling_temperatures(tiny_setup, tmp_path):
+    """--expected-tau: sampled fspad answers carry their expected token count (the accepted counts replaced by
+    their expectations, so at least one token per target forward), rows and table an E[tau] / E[speedup]."""
+    root, questions = tiny_setup
+    out = tmp_path / "bench.json"
+    specbench.main(["--questions", str(questions), "--per-category", "1", "--max-new-tokens", "8",
+                    "--model", str(root / "target"), "--draft", str(root / "fspad"), "--methods", "stock", "fspad",
+                    "pld", "--dtype", "float32", "--temperatures", "0", "1", "--expected-tau", "--out", str(out)])
+    result = json.loads(out.read_text())
+    for r in result["records"]:
+        tracked = r["method"] == "fspad" and r["temperature"] == 1
+        assert ("expected_new_tokens" in r) == tracked
+        if tracked:
+            assert r["expected_new_tokens"] >= r["target_forwards"]  # >= 1 token per forward, the prefill's too
+    rows = {(r["temperature"], r["group"], r["method"]): r for r in result["rows"]}
+    assert rows[(1.0, "overall", "fspad")]["expected_tau"] >= 1.0
+    assert rows[(1.0, "overall", "fspad")]["expected_speedup"] > 0
+    assert "expected_tau" not in rows[(0.0, "overall", "fspad")] and "expected_tau" not in rows[(1.0, "overall", "pld")]
+    table = out.with_suffix(".md").read_text()
+    assert "E[tau] | E[speedup] |" in table and "| 1 | overall | pld |" in table

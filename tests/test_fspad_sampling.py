@@ -81,3 +81,30 @@ def test_tree_scores_are_each_nodes_own_processed_scores(names):
     for node in range(6):
         context = torch.cat([sequence, paths[node : node + 1, : int(tree.depths[0, node])]], 1)
         torch.testing.assert_close(got[0, node], processors(context, logits[0, node : node + 1])[0], rtol=0, atol=0)
+
+
+def test_expected_tau_is_the_mean_of_the_accepted_counts(tiny):
+    """track_expected_tau: each cycle's expected tokens (1 + expected_accepted) average to the same as the
+    accepted counts the draws give, over many generate calls with temperature and top-p (within 4 standard
+    errors of the difference); without sampling it is an error, and it leaves the output unchanged."""
+    target, ids = tiny
+    head = oracle_head(target, target.generate(ids, max_new_tokens=10, do_sample=False))
+    kwargs = dict(assistant_model=head, strategy="fspad", do_sample=True, temperature=0.9, top_p=0.95,
+                  max_new_tokens=12, tree_top_k=3, tree_depth=3, tree_total_tokens=8, return_dict_in_generate=True)
+    accepted, expected = [], []
+    for seed in range(60):
+        torch.manual_seed(seed)
+        out = target.generate(ids, track_expected_tau=True, **kwargs)
+        stats = out.spec_stats
+        assert len(stats.expected_lengths) == len(stats.accepted_lengths) and min(stats.expected_lengths) >= 1
+        # the last cycle may be cut by max_new_tokens: compare whole cycles only
+        accepted += stats.accepted_lengths[:-1]
+        expected += stats.expected_lengths[:-1]
+        if seed < 3:
+            torch.manual_seed(seed)
+            assert torch.equal(target.generate(ids, **kwargs).sequences, out.sequences)
+    diff = torch.tensor(accepted, dtype=torch.float64) - torch.tensor(expected, dtype=torch.float64)
+    assert len(diff) > 150 and abs(float(diff.mean())) < 4 * float(diff.std()) / len(diff) ** 0.5
+    assert 1.3 < sum(expected) / len(expected) < 3.5  # the oracle's drafts are often accepted, not always
+    with pytest.raises(ValueError, match="track_expected_tau=True is for sampling"):
+        target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=4, track_expected_tau=True)

@@ -211,6 +211,23 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert calibration.cost_curve_for(target, head) == refit_curve(alone, fit["level"], fit["slope"], fit["head"])
 
 
+def test_cost_key_is_the_shapes_not_the_folder(tmp_path):
+    """The same head saved to another folder (or by another transformers) keeps its cached curve; another shape
+    of head does not."""
+    from hf_specdec.strategies import calibration
+
+    target = tiny_target(seed=6)
+    head = FSPADDraftModel.from_target(target)
+    for name in ("a", "b"):
+        head.save_pretrained(tmp_path / name)
+    a, b = (FSPADDraftModel.from_pretrained(tmp_path / name) for name in ("a", "b"))
+    assert a.config.name_or_path != b.config.name_or_path
+    b.config.transformers_version = "0.0.1"
+    assert calibration.cost_key(target, a) == calibration.cost_key(target, b) == calibration.cost_key(target, head)
+    other = FSPADDraftModel.from_target(target, draft_vocab_size=16)
+    assert calibration.cost_key(target, other) != calibration.cost_key(target, head)
+
+
 def test_cycle_timing_interleaves_the_shapes_over_rounds(monkeypatch):
     """Each round decodes every shape once, in an order rotated by one per round, so that a slow spell of the
     machine is spread over the shapes; each shape gives one row, in the shapes' order."""

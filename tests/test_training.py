@@ -207,6 +207,9 @@ def test_training_reduces_loss_and_round_trips(tiny_features, tmp_path, variant)
     after = train_mod.evaluate(head, samples, 256)
     assert after["loss"] < 0.9 * before["loss"]
     assert after["top1"] > before["top1"]
+    assert after["accept1"] > before["accept1"]  # the target's probability of the drafted token rose too
+    for r in (before, after):
+        assert 0 < r["accept1"] < r["accept4"] <= 1 and 0 < r["confidence1"] <= 1
     metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert metrics[-1]["final"] and "top3" in metrics[-1]["val"]
     # the trained head serves generation and stays lossless
@@ -224,6 +227,21 @@ def test_training_with_draft_vocabulary(tiny_features, tmp_path):
     final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 < final["val"]["draft_vocab_coverage"] < 1.0  # random tokens over 127 ids: 32 cannot cover all
     assert head.draft_to_target.unique().numel() == 32 and head.draft_to_target.max() < 128
+
+
+@pytest.mark.parametrize("draft_vocab_size", [None, 32])
+def test_target_probabilities_are_the_targets_full_softmax(draft_vocab_size):
+    """evaluate's T=1 acceptance reads the target's probabilities of the head's draft tokens, normalised over
+    the whole vocabulary (a reduced draft vocabulary must not inflate them by renormalising over its part)."""
+    target = tiny_target("llama")
+    head = FSPADDraftModel.from_target(target, draft_vocab_size=draft_vocab_size).float()
+    features = torch.randn(5, target.config.hidden_size)
+    full = target.get_output_embeddings()(features).softmax(-1)
+    want = full if draft_vocab_size is None else full[:, head.draft_to_target]
+    with torch.no_grad():
+        got = train_mod.target_probabilities(head, head.compute_logits(features), features)
+    torch.testing.assert_close(got, want)
+    assert draft_vocab_size is None or float(got.sum(-1).max()) < 1 - 1e-3
 
 
 def test_resume_after_a_kill_gives_the_same_head(tiny_features, tmp_path, monkeypatch):
@@ -304,6 +322,18 @@ def test_training_can_continue_from_a_trained_head(tiny_features, tmp_path):
     assert train_mod.evaluate(head.float(), samples, 256)["loss"] < start["loss"]  # it went on from there
     with pytest.raises(ValueError, match="--draft-vocab 64 with --init: the head drafts from 32 tokens"):
         train_mod.train(_args(tmp_path / "c", features, init=str(first), draft_vocab=64, max_steps=1), target=target)
+
+
+def test_a_continued_head_keeps_its_variant(tiny_features, tmp_path):
+    """--init of an EAGLE-2 head continues it as EAGLE-2 without --variant; a --variant that contradicts the head
+    is an error naming both."""
+    target, features = tiny_features
+    first = train_mod.train(_args(tmp_path / "a", features, variant="eagle2", max_steps=2, save_every=0), target=target)
+    second = train_mod.train(_args(tmp_path / "b", features, init=str(first), max_steps=2, save_every=0), target=target)
+    assert FSPADDraftModel.from_pretrained(second).config.variant == "eagle2"
+    with pytest.raises(ValueError, match="is a eagle2 head, not fspad; drop --variant"):
+        train_mod.train(_args(tmp_path / "c", features, init=str(first), variant="fspad", max_steps=1), target=target)
+    assert train_mod.build_parser().parse_args(["--features", "f", "--out", "o"]).variant is None
 
 
 def test_continuing_with_a_smaller_draft_vocabulary_keeps_the_most_frequent_tokens(tiny_features, tmp_path):
@@ -409,6 +439,43 @@ def test_evaluate_heads_matches_the_final_validation_and_checks_the_target(tiny_
     assert set(counts) == {"all", files[0], "b.jsonl", files[2]}
     assert counts["all"] == result["tokens"] == counts[files[0]] + counts["b.jsonl"] + counts[files[2]]
     assert all(counts[name] for name in counts)  # every file holds held-back positions
+
+
+def test_evaluation_runs_the_target_once_per_batch_for_all_heads(tmp_path):
+    """evaluate with features on the fly remembers each batch's features: a second head reuses them (the same
+    numbers as a fresh target forward), so N heads cost one target pass."""
+    target = tiny_target("llama")
+    jsonl = tmp_path / "samples.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in random_samples(30)))
+    val = train_mod.token_samples([jsonl], 2048)
+    heads = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        heads.append(tmp_path / f"head{seed}")
+        FSPADDraftModel.from_target(target).save_pretrained(heads[-1])
+    groups = {"a": val[:10], "b": val[10:]}
+    remembered = train_mod.OnTheFlyFeatures(target, torch.float32, remember=True)
+    fresh = train_mod.OnTheFlyFeatures(target, torch.float32)
+    got = dict(train_mod.held_back_sums(heads, groups, 256, 2, target, None, remembered))
+    want = dict(train_mod.held_back_sums(heads, groups, 256, 2, target, None, fresh))
+    assert got == want and got[str(heads[0])] != got[str(heads[1])]
+    batches = sum(len(list(train_mod.make_batches(part, 256, seed=0))) for part in groups.values())
+    assert remembered.forwards == batches and fresh.forwards == 2 * batches
+
+
+def test_evaluation_sums_of_parts_add_up_to_the_whole(tiny_features):
+    """evaluate's rows for several files come from each file's sums: the sums of disjoint parts are the sums of
+    their union, and the means of those are evaluate's on the union."""
+    target, features = tiny_features
+    samples = load_samples(features)
+    head = FSPADDraftModel.from_target(target).float()
+    whole = train_mod.evaluate(head, samples, 256, steps=3)
+    parts = [train_mod.evaluation_sums(head, part, 256, steps=3) for part in (samples[:13], samples[13:])]
+    combined = train_mod.evaluation_means(train_mod.add_sums(parts))
+    assert combined.keys() == whole.keys() and combined["tokens"] == whole["tokens"]
+    assert {"accept1_step3", "top1_step2", "accept4", "confidence1"} <= whole.keys()
+    for key in whole:
+        assert combined[key] == pytest.approx(whole[key], rel=1e-4), key
 
 
 # ------------------------------------------------------------------------------------- closer data (v3)

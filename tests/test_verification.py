@@ -5,7 +5,14 @@ import torch
 from scipy.stats import chisquare
 
 from hf_specdec.tree import DraftTree
-from hf_specdec.verification import accept_deterministic_drafts, first_argmax, verify_greedy, verify_sampling
+from hf_specdec.verification import (
+    accept_deterministic_drafts,
+    deterministic_acceptance,
+    expected_accepted,
+    first_argmax,
+    verify_greedy,
+    verify_sampling,
+)
 
 
 def one_hot_scores(n_nodes, vocab, argmaxes):
@@ -96,3 +103,71 @@ def test_first_argmax_is_argmax_with_ties_nan_and_inf(dtype):
         assert torch.equal(first_argmax(scores), scores.argmax(-1))
     tied = torch.tensor([[1.0, 5.0, 5.0, 2.0, 5.0]])
     assert first_argmax(tied).tolist() == [1]
+
+
+def exact_acceptance_of_the_rule(p, drafts):
+    """P(some draft accepted), followed through the rule's own steps: reach x_j, accept it with p_j(x_j)."""
+    residual, reach, accepted = p.clone().double(), 1.0, 0.0
+    for x in drafts.tolist():
+        mass = float(residual.sum())
+        if mass <= 0:
+            break
+        accepted += reach * float(residual[x]) / mass
+        reach *= 1 - float(residual[x]) / mass
+        residual[x] = 0.0
+    return accepted
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_deterministic_acceptance_is_the_rules_acceptance(seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.softmax(3 * torch.randn(12, generator=gen), -1)
+    for m in (1, 2, 4, 12):
+        drafts = torch.randperm(12, generator=gen)[:m]
+        assert float(deterministic_acceptance(p, drafts)) == pytest.approx(exact_acceptance_of_the_rule(p, drafts), abs=1e-6)
+    # and as sampled from the rule itself, for the target's three favourite tokens: within 4 standard deviations
+    # of the formula, while a rule that tried each draft against p afresh (no residual: 1 - prod(1 - p(x_j)))
+    # would sit more than 8 away (the power check)
+    drafts = p.topk(3).indices
+    want, draws = float(deterministic_acceptance(p, drafts)), 4000
+    sd = (want * (1 - want) / draws) ** 0.5
+    hits = sum(accept_deterministic_drafts(p, drafts, gen)[0] >= 0 for _ in range(draws))
+    assert abs(hits / draws - want) < 4 * sd
+    assert abs(1 - float(torch.prod(1 - p[drafts])) - want) > 8 * sd
+
+
+def test_deterministic_acceptance_batched():
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    assert deterministic_acceptance(p, torch.tensor([[0, 2], [2, 1]])).tolist() == pytest.approx([0.7, 0.9])
+
+
+def test_expected_accepted_is_the_mean_of_the_sampling_rule():
+    """E[accepted] from the path products equals (i) the sum of the path products written out by hand for a small
+    tree, with a drafted token the processors removed, and (ii) the mean accepted count of verify_sampling over
+    many draws (within 4 standard errors)."""
+    #        0
+    #    1(a)   2(b)     3(c)
+    #    4(d)   5(e)
+    #    6(f)
+    tree = DraftTree.from_parents(torch.tensor([[0, 1, 2, 3, 4, 5, 6]]), torch.tensor([[-1, 0, 0, 0, 1, 2, 4]]))
+    gen = torch.Generator().manual_seed(0)
+    scores = 2 * torch.randn(1, 7, 8, generator=gen)
+    scores[0, 2, 5] = float("-inf")  # node 5's token, removed by the processors (top-k / top-p) after node 2
+    p = scores[0].softmax(-1)
+    tok = tree.tokens[0]
+    # by hand: each node's path product
+    want = (p[0, tok[1]] + p[0, tok[2]] + p[0, tok[3]] + p[0, tok[1]] * p[1, tok[4]] + p[0, tok[2]] * p[2, tok[5]]
+            + p[0, tok[1]] * p[1, tok[4]] * p[4, tok[6]])
+    got = expected_accepted(tree, scores)
+    assert got.shape == (1,) and float(got[0]) == pytest.approx(float(want), rel=1e-5)
+    draws = 4000
+    counts = torch.tensor([float(verify_sampling(tree, scores, gen).accepted_tokens) for _ in range(draws)])
+    se = float(counts.std()) / draws**0.5
+    assert abs(float(counts.mean()) - float(got[0])) < 4 * se
+    # batched: two rows, one of them a tree whose draft tokens the target never takes
+    never = scores.clone()
+    never[0, :, tok.unique()] = float("-inf")
+    never[0, :, 7] = 0.0
+    both = DraftTree.from_parents(tree.tokens.repeat(2, 1), tree.parents.repeat(2, 1))
+    batched = expected_accepted(both, torch.cat([scores, never]))
+    assert float(batched[0]) == pytest.approx(float(got[0]), rel=1e-6) and float(batched[1]) == 0.0

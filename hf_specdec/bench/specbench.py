@@ -203,12 +203,14 @@ def method_kwargs(name: str, heads: dict, pld_tokens: int) -> dict:
 
 
 def run(target, tokenizer, questions, methods, heads, temperatures, max_new_tokens, pld_tokens=10, seed=0,
-        progress=True, repeats=1) -> list[dict]:
+        progress=True, repeats=1, expected_tau=False) -> list[dict]:
     """Answer every question with every method at every temperature; one record per (method, turn).
 
     With `repeats` > 1 every turn is answered that many times by every method (methods interleaved within
     each repeat, the order rotating) and a record keeps the median time; the answers themselves are
-    deterministic (greedy, or sampling from a fixed seed), so the first one carries the conversation on."""
+    deterministic (greedy, or sampling from a fixed seed), so the first one carries the conversation on.
+    With `expected_tau`, a strategy="fspad" answer at T > 0 also records `expected_new_tokens`: its tokens with
+    each cycle's accepted count replaced by its expectation under the sampling rule (`track_expected_tau`)."""
     from tqdm.auto import tqdm
 
     counter = ForwardCounter(target.get_decoder())
@@ -238,11 +240,19 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
             if context_free:
                 curve = dataclasses.replace(curve, long_context=0, long_verify_ms=(), long_head_step_ms=0.0)
             kwargs["cost_curve"] = curve
+        track = expected_tau and temperature > 0 and kwargs.get("strategy") == "fspad"
+        if track:
+            kwargs.update(track_expected_tau=True, return_dict_in_generate=True)
         out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
                               **sampling, **kwargs)
         elapsed = time.perf_counter() - start
         sequences = out.sequences if hasattr(out, "sequences") else out
-        return sequences[0, ids.shape[1]:].tolist(), counter.count, elapsed
+        new = sequences[0, ids.shape[1]:].tolist()
+        extra = {}
+        if track:
+            stats = out.spec_stats
+            extra["expected_new_tokens"] = len(new) - sum(stats.accepted_lengths) + sum(stats.expected_lengths)
+        return new, counter.count, elapsed, extra
 
     try:
         for job_i, (question, temperature) in enumerate(tqdm(jobs, desc="spec-bench", disable=not progress)):
@@ -256,11 +266,11 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
                 for rep in range(repeats):
                     shift = (job_i + rep) % len(methods)
                     for name in methods[shift:] + methods[:shift]:  # rotate who goes first
-                        new, forwards, elapsed = answer(name, prompts[name], temperature, turn_i, question)
-                        answers.setdefault(name, (new, forwards))
+                        new, forwards, elapsed, extra = answer(name, prompts[name], temperature, turn_i, question)
+                        answers.setdefault(name, (new, forwards, extra))
                         seconds[name].append(elapsed)
                 for name in methods:
-                    new, forwards = answers[name]
+                    new, forwards, extra = answers[name]
                     histories[name].append({"role": "assistant",
                                             "content": tokenizer.decode(new, skip_special_tokens=True)})
                     records.append({
@@ -268,6 +278,7 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
                         "group": group_of(question["category"]), "turn": turn_i, "temperature": temperature,
                         "method": name, "new_tokens": len(new), "target_forwards": forwards,
                         "seconds": statistics.median(seconds[name]), "seconds_each": seconds[name], "tokens": new,
+                        **extra,
                     })
     finally:
         counter.remove()
@@ -296,6 +307,11 @@ def summarize(records: list[dict], methods: list[str]) -> list[dict]:
                     "tau": sum(r["new_tokens"] for r in mine) / sum(r["target_forwards"] for r in mine),
                     "tokens_per_s": rate, "speedup": rate / base_rate if base_rate else None,
                 }
+                if all("expected_new_tokens" in r for r in mine):
+                    expected = sum(r["expected_new_tokens"] for r in mine)
+                    row["expected_tau"] = expected / sum(r["target_forwards"] for r in mine)
+                    row["expected_speedup"] = (expected / sum(r["seconds"] for r in mine) / base_rate
+                                               if base_rate else None)
                 if temperature == 0 and m != "stock" and stock_answers:
                     # only first turns compare like with like: second turns follow each method's own answer
                     pairs = [(r["tokens"], stock_answers.get((r["question_id"], r["turn"]))) for r in mine if r["turn"] == 0]
@@ -305,15 +321,23 @@ def summarize(records: list[dict], methods: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    # with --expected-tau: tau and speedup with every sampled cycle's accepted count replaced by its expectation
+    expected = any("expected_tau" in r for r in rows)
+    extra_head = " E[tau] | E[speedup] |" if expected else ""
     lines = [f"Spec-Bench ({meta['questions']} questions), {meta['model']}, {meta['dtype']}, {meta['machine']}, "
              f"{meta['date']}, max_new_tokens {meta['max_new_tokens']}", "",
-             "| T | category | method | tau | tok/s | speedup | identical to stock (greedy, turn 1) |",
-             "|---|---|---|---|---|---|---|"]
+             "| T | category | method | tau | tok/s | speedup | identical to stock (greedy, turn 1) |" + extra_head,
+             "|---|---|---|---|---|---|---|" + "---|---|" * expected]
     for r in rows:
         match = f"{r['match_rate']:.0%}" if r.get("match_rate") is not None else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
+        extra = ""
+        if expected:
+            e_tau = f"{r['expected_tau']:.2f}" if "expected_tau" in r else "-"
+            e_speed = f"{r['expected_speedup']:.2f}x" if r.get("expected_speedup") is not None else "-"
+            extra = f" {e_tau} | {e_speed} |"
         lines.append(f"| {r['temperature']:g} | {r['group']} | {r['method']} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} "
-                     f"| {speed} | {match} |")
+                     f"| {speed} | {match} |" + extra)
     return "\n".join(lines) + "\n"
 
 
@@ -380,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time every answer N times (methods interleaved within each repeat) and keep the median")
     p.add_argument("--out", default="bench_results/specbench.json")
     p.add_argument("--plot", action="store_true", help="also save a speedup bar chart per temperature (matplotlib)")
+    p.add_argument("--expected-tau", action="store_true",
+                   help="at T > 0, also report E[tau] and E[speedup] of the fspad / eagle2 methods: each cycle's "
+                        "accepted count replaced by its expectation under the sampling rule, which removes the "
+                        "noise of the draws (costs a softmax normaliser over each tree's scores)")
     return p
 
 
@@ -403,7 +431,7 @@ def main(argv=None):
     # warm-up: one short answer per method, untimed
     run(target, tokenizer, questions[:1], args.methods, heads, args.temperatures[:1], 8, args.pld_tokens, progress=False)
     records = run(target, tokenizer, questions, args.methods, heads, args.temperatures, args.max_new_tokens,
-                  args.pld_tokens, args.seed, repeats=args.repeats)
+                  args.pld_tokens, args.seed, repeats=args.repeats, expected_tau=args.expected_tau)
     rows = summarize(records, args.methods)
     meta = {
         "command": "hf-specdec bench " + " ".join(argv if argv is not None else sys.argv[2:]),

@@ -57,10 +57,17 @@ _MEMORY: dict[str, tuple[CostCurve, CostCurve]] = {}  # key: (curve fitted to cy
 _MEASURING = threading.Lock()
 
 
+def _shape_json(config) -> str:
+    """A config as JSON without where it was loaded from or which transformers wrote it: the same head from
+    another folder (or the Hub) costs the same."""
+    values = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    return json.dumps(values, sort_keys=True, default=str)
+
+
 def cost_key(model, head) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
     parts = ["curve format 4: two contexts, fitted to cycles with a plain step among them",
-             model.config.to_json_string(use_diff=False), head.config.to_json_string(use_diff=False),
+             _shape_json(model.config), _shape_json(head.config),
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]

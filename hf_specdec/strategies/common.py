@@ -39,6 +39,9 @@ class SpecDecodeStats:
     tau = mean(accepted_lengths): tokens per verification forward (plain decoding has tau = 1).
     rows: for a batch, each row's own counters (target_forwards: the forwards it took part in); the batch's
     forwards are shared, its new_tokens and accepted_lengths are all the rows' together.
+    expected_lengths: when asked for (`track_expected_tau=True` with sampling), each verification's expected
+    tokens under the sampling rule (1 + `verification.expected_accepted`); expected_tau is their mean, tau
+    without the noise of the accepted draws.
     """
 
     target_forwards: int = 0
@@ -46,10 +49,16 @@ class SpecDecodeStats:
     new_tokens: int = 0
     accepted_lengths: list[int] = field(default_factory=list)
     rows: list["SpecDecodeStats"] | None = None
+    expected_lengths: list[float] | None = None
 
     @property
     def tau(self) -> float:
         return sum(self.accepted_lengths) / len(self.accepted_lengths) if self.accepted_lengths else float("nan")
+
+    @property
+    def expected_tau(self) -> float:
+        lengths = self.expected_lengths
+        return sum(lengths) / len(lengths) if lengths else float("nan")
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +68,8 @@ class SpecDecodeStats:
             "accepted_lengths": list(self.accepted_lengths),
             "tau": self.tau,
             **({"rows": [row.to_dict() for row in self.rows]} if self.rows is not None else {}),
+            **({"expected_lengths": list(self.expected_lengths), "expected_tau": self.expected_tau}
+               if self.expected_lengths is not None else {}),
         }
 
 

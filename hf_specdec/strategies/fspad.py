@@ -18,7 +18,7 @@ from ..draft.base import DraftHead
 from ..lookup import LOOKUP_CALIBRATION, LOOKUP_CALIBRATION_SAMPLING, LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..tree.sizing import batch_expansion_pays, best_batch_tree_size
-from ..verification import verify_greedy, verify_sampling
+from ..verification import expected_accepted, verify_greedy, verify_sampling
 from .common import SpecDecodeStats, check_tree_numbers
 from .calibration import cost_curve_for
 from .batched import check_batch_options, run_batched_tree_decoding
@@ -289,6 +289,7 @@ def fspad_generate(
     lookup_calibration: dict[int, tuple[float, float]] | None = None,
     lookup_mode: str = "merge",
     head_gate: bool = False,
+    track_expected_tau: bool = False,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
@@ -305,7 +306,10 @@ def fspad_generate(
     `head_gate=True`: with cost-sized trees and one row, a cycle may draft without the head (lookup drafts
     alone, or a plain decoding step) while the head's recent drafts did not pay for it
     (strategies/head_gate.py). Off by default: on held-out prompts it measured no faster than running the
-    head every cycle (README, "Skipping a head that does not pay").
+    head every cycle (README, "Skipping a head that does not pay"). `track_expected_tau=True` (sampling, one
+    row): `spec_stats.expected_lengths` gets each cycle's expected tokens under the sampling rule
+    (`verification.expected_accepted`), a tau without the noise of the draws, for comparing drafts at T > 0
+    (`hf-specdec bench` reports it); it costs a softmax normaliser over the tree's scores per cycle.
 
     Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
     (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
@@ -343,7 +347,14 @@ def fspad_generate(
                          "tree_depth / tree_total_tokens, or head_gate.")
     if head_gate and batched:
         raise NotImplementedError("head_gate=True decodes one row at a time; a batch runs the head every cycle.")
-    stats = SpecDecodeStats()
+    if not isinstance(track_expected_tau, bool):
+        raise TypeError(f"track_expected_tau must be True or False, got {track_expected_tau!r}.")
+    if track_expected_tau and not generation_config.do_sample:
+        raise ValueError("track_expected_tau=True is for sampling (do_sample=True): a greedy cycle's accepted count "
+                         "has no randomness to average out, so its tau is already the expected one.")
+    if track_expected_tau and batched:
+        raise NotImplementedError("track_expected_tau=True tracks one row; call generate once per prompt.")
+    stats = SpecDecodeStats(expected_lengths=[] if track_expected_tau else None)
     drafter = (DeferredHeadDrafter if head_gate else HeadDrafter)(head, stats)
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
     curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
@@ -354,6 +365,8 @@ def fspad_generate(
 
     def verify(tree, scores):
         if generation_config.do_sample:
+            if track_expected_tau:
+                stats.expected_lengths.append(1.0 + float(expected_accepted(tree, scores)[0]))
             return verify_sampling(tree, scores)
         return verify_greedy(tree, scores)
 

@@ -103,30 +103,57 @@ def token_samples(paths, max_length: int) -> list[dict]:
 
 class OnTheFlyFeatures:
     """Adds the target's features to a batch, as `hf-specdec features` stores them (`last_hidden_states` of the
-    target in `dtype`, kept in bf16)."""
+    target in `dtype`, kept in bf16). With `remember`, the features of each batch seen are kept (keyed by its
+    token ids and mask), so that evaluating several heads on the same batches runs the target once per batch:
+    the target's forward is most of an evaluation's time. (Not for training: every epoch would stay in memory.)"""
 
-    def __init__(self, target, dtype: torch.dtype):
+    def __init__(self, target, dtype: torch.dtype, remember: bool = False):
         self.model = target if target.dtype == dtype else copy.deepcopy(target).to(dtype)
+        self.memory = {} if remember else None
+        self.forwards = 0
 
     def __call__(self, batch: dict) -> dict:
         from .features import last_hidden_states
 
+        key = None
+        if self.memory is not None:
+            key = (tuple(batch["input_ids"].shape), batch["input_ids"].cpu().numpy().tobytes(),
+                   batch["attention_mask"].cpu().numpy().tobytes())
+            if key in self.memory:
+                return {**batch, "features": self.memory[key].to(batch["input_ids"].device)}
         model = self.model.to(batch["input_ids"].device)
         with torch.no_grad():
-            hidden = last_hidden_states(model, batch["input_ids"], batch["attention_mask"])
-        return {**batch, "features": hidden.to(torch.bfloat16)}
+            hidden = last_hidden_states(model, batch["input_ids"], batch["attention_mask"]).to(torch.bfloat16)
+        self.forwards += 1
+        if key is not None:
+            self.memory[key] = hidden
+        return {**batch, "features": hidden}
 
 
 # ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1, featurize=None) -> dict:
-    """Losses and top-1 / top-k accuracy of the head's token against the target's argmax on held-back samples
-    (step 1: fed the target's features); with steps > 1 also `top1_step{j}`, the accuracy of the head's step-j
-    prediction fed its own features (multistep.py), which multi-step training should raise. `featurize`: adds
-    the features to samples that carry none (`OnTheFlyFeatures`)."""
+def target_probabilities(head, target_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """The target's next-token probabilities [N, V'] at the head's draft tokens, normalised over the target's
+    whole vocabulary (its lm_head applied to `features` [N, H]) when the head drafts from a reduced one."""
+    if head.config.draft_vocab_size is None:
+        return target_logits.float().softmax(-1)
+    log_normaliser = head._parts().lm_head(features.to(target_logits.dtype)).float().logsumexp(-1, keepdim=True)
+    return (target_logits.float() - log_normaliser).exp()
+
+
+@torch.no_grad()
+def evaluation_sums(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1, featurize=None,
+                    children: int = 4) -> dict:
+    """`evaluate`'s sums over the positions, with their counts ("tokens" for step 1, "count_step{j}"), so that
+    the sums of disjoint sample sets add up to those of their union (`add_sums`)."""
+    from ..verification import deterministic_acceptance
+
+    was_training = head.training
     head.eval()
-    totals = {"loss": 0.0, "vloss": 0.0, "ploss": 0.0, "top1": 0.0, f"top{top_k}": 0.0, "tokens": 0}
-    per_step = {j: [0.0, 0] for j in range(2, steps + 1)}
+    sums = {"loss": 0.0, "vloss": 0.0, "ploss": 0.0, "top1": 0.0, f"top{top_k}": 0.0, "accept1": 0.0,
+            f"accept{children}": 0.0, "confidence1": 0.0, "tokens": 0}
+    for j in range(2, steps + 1):
+        sums.update({f"top1_step{j}": 0.0, f"accept1_step{j}": 0.0, f"count_step{j}": 0})
     for idx in make_batches(samples, batch_tokens, seed=0):
         batch = collate([samples[i] for i in idx])
         if featurize is not None:
@@ -138,22 +165,58 @@ def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps
             continue
         loss, vloss, ploss = fspad_loss(regress, logits, f_next, target_logits, torch.ones(n))
         want = target_logits.argmax(-1)
-        ranked = logits.topk(top_k, dim=-1).indices
-        totals["loss"] += float(loss) * n
-        totals["vloss"] += float(vloss) * n
-        totals["ploss"] += float(ploss) * n
-        totals["top1"] += float((ranked[:, 0] == want).sum())
-        totals[f"top{top_k}"] += float((ranked == want[:, None]).any(-1).sum())
-        totals["tokens"] += n
-        for j, (_, step_logits, _, step_target) in enumerate(results[1:], start=2):
-            per_step[j][0] += float((step_logits.argmax(-1) == step_target.argmax(-1)).sum())
-            per_step[j][1] += step_logits.shape[0]
-    head.train()
-    n = max(totals["tokens"], 1)
-    result = {k: (v / n if k != "tokens" else v) for k, v in totals.items()}
-    for j, (hits, count) in per_step.items():
-        result[f"top1_step{j}"] = hits / max(count, 1)
+        ranked = logits.topk(max(top_k, children), dim=-1).indices
+        p = target_probabilities(head, target_logits, f_next)
+        sums["loss"] += float(loss) * n
+        sums["vloss"] += float(vloss) * n
+        sums["ploss"] += float(ploss) * n
+        sums["top1"] += float((ranked[:, 0] == want).sum())
+        sums[f"top{top_k}"] += float((ranked[:, :top_k] == want[:, None]).any(-1).sum())
+        sums["accept1"] += float(deterministic_acceptance(p, ranked[:, :1]).sum())
+        sums[f"accept{children}"] += float(deterministic_acceptance(p, ranked[:, :children]).sum())
+        sums["confidence1"] += float(logits.float().softmax(-1).amax(-1).sum())
+        sums["tokens"] += n
+        for j, (_, step_logits, step_features, step_target) in enumerate(results[1:], start=2):
+            drafted = step_logits.argmax(-1, keepdim=True)
+            sums[f"top1_step{j}"] += float((drafted[:, 0] == step_target.argmax(-1)).sum())
+            p_step = target_probabilities(head, step_target, step_features)
+            sums[f"accept1_step{j}"] += float(deterministic_acceptance(p_step, drafted).sum())
+            sums[f"count_step{j}"] += step_logits.shape[0]
+    head.train(was_training)
+    return sums
+
+
+def add_sums(parts: list[dict]) -> dict:
+    """The `evaluation_sums` of the union of disjoint sample sets."""
+    return {k: sum(part[k] for part in parts) for k in parts[0]}
+
+
+def evaluation_means(sums: dict) -> dict:
+    """`evaluation_sums` as means: step-1 values per position ("tokens" kept as the count), step-j values per
+    step-j position."""
+    result = {}
+    for key, value in sums.items():
+        if key == "tokens" or key.startswith("count_step"):
+            continue
+        count = sums[f"count_step{key.rsplit('step', 1)[1]}"] if "_step" in key else sums["tokens"]
+        result[key] = value / max(count, 1)
+    result["tokens"] = sums["tokens"]
     return result
+
+
+def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1, featurize=None,
+             children: int = 4) -> dict:
+    """Losses and top-1 / top-k accuracy of the head's token against the target's argmax on held-back samples
+    (step 1: fed the target's features); with steps > 1 also `top1_step{j}`, the accuracy of the head's step-j
+    prediction fed its own features (multistep.py), which multi-step training should raise. `featurize`: adds
+    the features to samples that carry none (`OnTheFlyFeatures`).
+
+    For sampling at T=1, what counts is not agreement with the argmax but the target's probability of the
+    drafted tokens (`deterministic_acceptance`): `accept1` is the acceptance of the head's top-1 (a chain step;
+    `accept1_step{j}` at step j), `accept{children}` of its `children` best tokens (a tree node's children at the
+    default top-k), `confidence1` the head's own probability of its top-1. A head whose `confidence1` exceeds
+    its `accept1` is over-confident, and its path probabilities overestimate acceptance when they size trees."""
+    return evaluation_means(evaluation_sums(head, samples, batch_tokens, top_k, steps, featurize, children))
 
 
 def token_counts(samples: list[dict], vocab_size: int) -> torch.Tensor:
@@ -245,8 +308,10 @@ def train(args, target=None, tokenizer=None) -> Path:
     set_seed(args.seed)  # the head's initial weights
     if args.init:  # continue from a trained head: its variant and its draft vocabulary
         head = FSPADDraftModel.from_pretrained(args.init)
-        if args.variant != head.config.variant:
-            raise ValueError(f"--init {args.init} is a {head.config.variant} head; drop --variant or make it match.")
+        if args.variant not in (None, head.config.variant):
+            raise ValueError(f"--init {args.init} is a {head.config.variant} head, not {args.variant}; drop --variant "
+                             "(a continued head keeps its own) or make it match.")
+        args.variant = head.config.variant
         if args.draft_vocab not in (None, head.config.draft_vocab_size):
             if head.config.draft_vocab_size is None:
                 raise ValueError(f"--init {args.init} scores the full vocabulary; --draft-vocab with --init keeps "
@@ -254,6 +319,7 @@ def train(args, target=None, tokenizer=None) -> Path:
             shrink_draft_vocabulary(head, train_samples, args.draft_vocab)
         head.attach_target(target, tokenizer)
     else:
+        args.variant = args.variant or "fspad"
         overrides = {"draft_vocab_size": args.draft_vocab} if args.draft_vocab else {}
         head = FSPADDraftModel.from_target(target, tokenizer, variant=args.variant,
                                            target_adapter=manifest.get("adapter"), **overrides)
@@ -370,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --samples: the target's dtype for features (as `hf-specdec features --dtype`)")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, head/ (the trained head)")
     p.add_argument("--model", default=None, help="the target (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--variant", default="fspad", choices=["fspad", "eagle2", "fs-only", "pad-only"])
+    p.add_argument("--variant", default=None, choices=["fspad", "eagle2", "fs-only", "pad-only"],
+                   help="the head to train (default: fspad, or with --init the continued head's own)")
     p.add_argument("--draft-vocab", type=int, default=None, help="score only the N most frequent tokens")
     p.add_argument("--init", default=None, help="start from this trained head (its variant; its draft vocabulary, or with --draft-vocab N the N most frequent of its draft tokens)")
     p.add_argument("--epochs", type=int, default=1)
@@ -408,21 +475,27 @@ def main(argv=None):
     return 0
 
 
-def held_back_accuracy(head_dirs, val: list[dict], batch_tokens: int, steps: int, target, tokenizer,
-                       featurize=None, check=None) -> dict:
-    """`evaluate` of each saved head on the held-back samples `val` (features stored, or added by `featurize`);
-    `check(head)`, when given, vets a head before it runs. {head_dir: evaluate(...)}"""
+def held_back_sums(head_dirs, groups: dict[str, list[dict]], batch_tokens: int, steps: int, target, tokenizer,
+                   featurize=None, check=None):
+    """`evaluation_sums` of each saved head on each group of held-back samples (features stored, or added by
+    `featurize`), a head at a time: yields (head_dir, {group: sums}). `check(head)`, when given, vets a head
+    before it runs."""
     from ..draft import FSPADDraftModel
 
-    results = {}
     for head_dir in head_dirs:
         head = FSPADDraftModel.from_pretrained(head_dir).float()
         if check is not None:
             check(head)
         head.attach_target(target, tokenizer)
-        with torch.no_grad():
-            results[str(head_dir)] = evaluate(head, val, batch_tokens, steps=steps, featurize=featurize)
-    return results
+        yield str(head_dir), {name: evaluation_sums(head, val, batch_tokens, steps=steps, featurize=featurize)
+                              for name, val in groups.items()}
+
+
+def held_back_accuracy(head_dirs, val: list[dict], batch_tokens: int, steps: int, target, tokenizer,
+                       featurize=None, check=None) -> dict:
+    """`evaluate` of each saved head on the held-back samples `val`. {head_dir: evaluate(...)}"""
+    return {head_dir: evaluation_means(sums["val"]) for head_dir, sums in
+            held_back_sums(head_dirs, {"val": val}, batch_tokens, steps, target, tokenizer, featurize, check)}
 
 
 def evaluate_heads(head_dirs, features=None, val_fraction=0.05, batch_tokens=4096, model=None, target=None,
@@ -446,7 +519,7 @@ def evaluate_heads(head_dirs, features=None, val_fraction=0.05, batch_tokens=409
         return held_back_accuracy(head_dirs, val, batch_tokens, steps, target, tokenizer,
                                   check=lambda head: check_features_match(manifest, head, features))
     return held_back_accuracy(head_dirs, val, batch_tokens, steps, target, tokenizer,
-                              featurize=OnTheFlyFeatures(target, DTYPES[feature_dtype]))
+                              featurize=OnTheFlyFeatures(target, DTYPES[feature_dtype], remember=len(head_dirs) > 1))
 
 
 def row_name(path: str, paths: list[str]) -> str:
@@ -459,7 +532,8 @@ def row_name(path: str, paths: list[str]) -> str:
 def evaluate_main(argv=None):
     p = argparse.ArgumentParser(prog="hf-specdec evaluate",
                                 description="Top-1 / top-3 of saved heads on the held-back split of a feature folder "
-                                            "or of sample files.")
+                                            "or of sample files, and their acceptance under sampling at T=1 "
+                                            "(the target's probability of the drafted tokens).")
     p.add_argument("heads", nargs="+", help="head folders (a trained run's head/, an export, a shipped head)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--features", help="folder written by `hf-specdec features`")
@@ -471,14 +545,17 @@ def evaluate_main(argv=None):
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=3, help="also the top-1 of steps 2..N, fed the head's own features")
     args = p.parse_args(argv)
-    later = [f"top-1 step {j}" for j in range(2, args.steps + 1)]
-    print("| head | data | top-1 | top-3 | " + "".join(f"{c} | " for c in later) + "positions |")
-    print("|---|---|---|---|" + "---|" * len(later) + "---|")
+    later = range(2, args.steps + 1)
+    columns = (["top-1", "top-3"] + [f"top-1 step {j}" for j in later]
+               + ["T=1 accept top-1", "T=1 accept top-4", "head's p(top-1)"] + [f"T=1 accept step {j}" for j in later])
+    print("| head | data | " + "".join(f"{c} | " for c in columns) + "positions |")
+    print("|---|---|" + "---|" * len(columns) + "---|")
 
     def report(name, results):
         for head_dir, r in results.items():
-            steps = "".join(f"{r[f'top1_step{j}']:.1%} | " for j in range(2, args.steps + 1))
-            print(f"| {head_dir} | {name} | {r['top1']:.1%} | {r['top3']:.1%} | {steps}{r['tokens']:,} |", flush=True)
+            keys = (["top1", "top3"] + [f"top1_step{j}" for j in later] + ["accept1", "accept4", "confidence1"]
+                    + [f"accept1_step{j}" for j in later])
+            print(f"| {head_dir} | {name} | " + "".join(f"{r[k]:.1%} | " for k in keys) + f"{r['tokens']:,} |", flush=True)
 
     if args.features:
         report("all", evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens,
@@ -486,19 +563,21 @@ def evaluate_main(argv=None):
         return 0
     from .prepare import DTYPES, load_target
 
-    # Each file read once, the target's bf16 copy made once; the row for all files first, then one per file.
-    val_of = {path: [s for s in token_samples([path], args.max_length) if is_validation(s["id"], args.val_fraction)]
-              for path in args.samples}
-    groups = {"all": [s for val in val_of.values() for s in val]}
-    if len(args.samples) > 1:
-        groups.update({row_name(path, args.samples): val for path, val in val_of.items()})
-    if not groups["all"]:
+    # Each file read and each head run once, per file; the row for all files adds the files' sums.
+    val_of = {row_name(path, args.samples): [s for s in token_samples([path], args.max_length)
+                                             if is_validation(s["id"], args.val_fraction)] for path in args.samples}
+    if not any(val_of.values()):
         p.error(f"{' '.join(args.samples)} hold no held-back samples at --val-fraction {args.val_fraction}.")
+    empty = [name for name, val in val_of.items() if not val]
+    for name in empty:
+        print(f"| | {name} | no held-back samples at --val-fraction {args.val_fraction} |")
+    groups = {name: val for name, val in val_of.items() if val}
     target, tokenizer = load_target(args.model, DTYPES["float32"])
-    featurize = OnTheFlyFeatures(target, DTYPES["bfloat16"])
-    for name, val in groups.items():
-        if not val:
-            print(f"| | {name} | no held-back samples at --val-fraction {args.val_fraction} |")
-            continue
-        report(name, held_back_accuracy(args.heads, val, args.batch_tokens, args.steps, target, tokenizer, featurize))
+    featurize = OnTheFlyFeatures(target, DTYPES["bfloat16"], remember=True)  # every head sees the same batches
+    for head_dir, sums in held_back_sums(args.heads, groups, args.batch_tokens, args.steps, target, tokenizer, featurize):
+        rows = {"all": add_sums(list(sums.values()))}
+        if len(args.samples) > 1:
+            rows.update(sums)
+        for name, row in rows.items():
+            report(name, {head_dir: evaluation_means(row)})
     return 0
