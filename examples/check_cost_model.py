@@ -4,7 +4,7 @@ settings) on the held-out tuning prompts and sets it beside the sizing's predict
 tokens, steps head steps incl. the catch-up, L cached tokens), which shows which of the curve's terms is off.
 
     python examples/make_tune_prompts.py > tune.jsonl
-    python examples/check_cost_model.py tune.jsonl [--temperature 1] [--out check.json]
+    python examples/check_cost_model.py tune.jsonl [--temperature 1] [--draft HEAD_DIR] [--out check.json]
     python examples/check_cost_model.py tune.jsonl --estimate-calibration \
         hf_specdec/pretrained/smollm2-135m-instruct-fspad/estimate_calibration.json   (the head's fitted maps)
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import hf_specdec.strategies.fspad as fspad_module
+from hf_specdec import FSPADDraftModel
 from hf_specdec.default_model import default_target
 from hf_specdec.heads import default_draft
 from hf_specdec.tree import EstimateCalibration
@@ -42,6 +43,8 @@ def record_cycles(target, tok, prompts, generate_kwargs) -> list[dict]:
     cycles, real_call = [], fspad_module.TreeDrafts.__call__
 
     def timed_call(self, committed, draft_state, cached):
+        if self.curve is None:  # the calibration's own fixed-tree decodes (the curve measured on first use)
+            return real_call(self, committed, draft_state, cached)
         now = time.perf_counter()
         if cycles and "ms" not in cycles[-1] and cycles[-1]["answer"] == answer[0]:
             last = cycles[-1]
@@ -105,10 +108,12 @@ def main():
     ap.add_argument("--estimate-calibration", default=None,
                     help="a JSON with 'greedy' / 'sampling' maps (EstimateCalibration.to_dict) to size trees with")
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--draft", default=None, help="a head folder (default: the shipped head)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     target, tok = default_target(dtype=torch.bfloat16)
-    head = default_draft(target, tok)
+    head = (FSPADDraftModel.from_pretrained(args.draft, dtype=target.dtype).attach_target(target, tok) if args.draft
+            else default_draft(target, tok))
     prompts = [json.loads(line)["prompt"] for line in open(args.prompts, encoding="utf-8")]
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=None, top_p=None) if args.temperature else dict(do_sample=False)
     kwargs = dict(assistant_model=head, **sampling)
