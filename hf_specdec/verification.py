@@ -110,8 +110,9 @@ def expected_accepted(tree: DraftTree, scores: torch.Tensor) -> torch.Tensor:
     A node's children are accepted with the target's probability of their tokens (`deterministic_acceptance`),
     and an accepted child's own children are tried next, so node n is accepted with probability
     P(n) = prod_{a on n's path, a != root} p_{parent(a)}(x_a), and E[accepted] = sum_{n != root} P(n); a cycle emits
-    1 + that many tokens on average (the bonus token). Unlike the accepted count of one draw, this has no
-    sampling noise of its own: what tells two drafters apart at T > 0 on few prompts."""
+    1 + that many tokens on average (the bonus token). Unlike the accepted count of one draw, it carries none of
+    the accept / reject draws' noise (the noise of each method sampling a text of its own stays: on 30 held-out
+    prompts it cut the spread of two methods' per-answer difference by 14%, README)."""
     rows, parent = torch.arange(tree.tokens.shape[0], device=scores.device)[:, None], tree.parents.clamp(min=0)
     # log p_parent(x_n): node n's token scored where it was drafted, less that node's log normaliser
     edge = scores[rows, parent, tree.tokens].float() - scores.float().logsumexp(-1).gather(1, parent)
