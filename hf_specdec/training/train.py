@@ -551,15 +551,16 @@ def evaluate_main(argv=None):
     print("| head | data | " + "".join(f"{c} | " for c in columns) + "positions |")
     print("|---|---|" + "---|" * len(columns) + "---|")
 
-    def report(name, results):
-        for head_dir, r in results.items():
-            keys = (["top1", "top3"] + [f"top1_step{j}" for j in later] + ["accept1", "accept4", "confidence1"]
-                    + [f"accept1_step{j}" for j in later])
-            print(f"| {head_dir} | {name} | " + "".join(f"{r[k]:.1%} | " for k in keys) + f"{r['tokens']:,} |", flush=True)
+    keys = (["top1", "top3"] + [f"top1_step{j}" for j in later] + ["accept1", "accept4", "confidence1"]
+            + [f"accept1_step{j}" for j in later])
+
+    def report(head_dir, name, r):
+        print(f"| {head_dir} | {name} | " + "".join(f"{r[k]:.1%} | " for k in keys) + f"{r['tokens']:,} |", flush=True)
 
     if args.features:
-        report("all", evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens,
-                                     model=args.model, steps=args.steps))
+        for head_dir, r in evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens,
+                                          model=args.model, steps=args.steps).items():
+            report(head_dir, "all", r)
         return 0
     from .prepare import DTYPES, load_target
 
@@ -579,5 +580,5 @@ def evaluate_main(argv=None):
         if len(args.samples) > 1:
             rows.update(sums)
         for name, row in rows.items():
-            report(name, {head_dir: evaluation_means(row)})
+            report(head_dir, name, evaluation_means(row))
     return 0
