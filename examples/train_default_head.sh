@@ -45,3 +45,5 @@ done
 #    closing comment). Release 3.3 (the FSPAD head shipped now): release 3.1 continued on the target's own answers,
 #    examples/make_v32_data.sh step 2 and then examples/make_v33_candidates.sh, whose arm A, exported with
 #    `hf-specdec export --head runs/v33/a/head --tree 4,4,16`, is hf_specdec/pretrained/smollm2-135m-instruct-fspad.
+#    The EAGLE-2 baseline's release 3.3: arm A's command with --init hf_specdec/pretrained/smollm2-135m-instruct-eagle2
+#    (release 3.1) and --out runs/v33/eagle2, exported the same way.

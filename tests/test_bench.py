@@ -99,6 +99,7 @@ def test_method_names_with_tree_shapes():
         "fspad", {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16, "lookup_tokens": 12, "lookup_mode": "choose"})
     assert specbench.parse_method("fspad/lookup=0/raw") == ("fspad", {"lookup_tokens": 0, "estimate_calibration": False})
     assert specbench.parse_method("fspad/head-gate") == ("fspad", {"head_gate": True})
+    assert specbench.parse_method("eagle2/lookup=0/exact") == ("eagle2", {"lookup_tokens": 0, "draft_int8": False})
     assert specbench.parse_method("fspad/head-cost=1.5") == ("fspad", {"head_cost_scale": 1.5})
     assert specbench.parse_method("fspad/calibration=maps.json") == ("fspad", {"estimate_calibration_file": "maps.json"})
     assert specbench.parse_method("fspad/lookup=0/calibration=runs/a/maps.json") == (

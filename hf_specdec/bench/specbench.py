@@ -99,7 +99,8 @@ def parse_method(name: str) -> tuple[str, dict]:
     '/choose' (lookup_mode="choose"), '/raw' (estimate_calibration=False: the head's raw path probabilities),
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
     '/isolated-costs' (the cost curve of the isolated measurements, not refitted to whole cycles),
-    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/head-cost=X' (the
+    '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/exact' (draft_int8=False:
+    the head on its own weights, not the int8 copies a CPU head drafts from by default), '/head-cost=X' (the
     cost curve with its head steps X times what was measured: how sizing would draft where head steps cost more,
     or less, relative to a verification), '/calibration=PATH', last (estimate_calibration from a JSON of maps,
     {"greedy": {x, y}, "sampling": {x, y}}, the one for the decoding mode; the shipped head's are in its
@@ -123,6 +124,8 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["isolated_costs"] = True
         elif option == "head-gate":
             extra["head_gate"] = True
+        elif option == "exact":
+            extra["draft_int8"] = False
         elif option.startswith("head-cost=") and _positive_float(option[10:]):
             extra["head_cost_scale"] = float(option[10:])
         elif option.startswith("calibration=") and option[12:]:
@@ -132,7 +135,7 @@ def parse_method(name: str) -> tuple[str, dict]:
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/isolated-costs', '/head-gate', "
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/isolated-costs', '/head-gate', '/exact', "
                              "'/head-cost=X' (X > 0), '/calibration=PATH' and '/lookup-rates=PATH'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
@@ -181,7 +184,7 @@ def _parse_base(name: str) -> tuple[str, dict]:
         return base, {"verifier": base, "drafts_per_node": width, "tree_depth": depth, "tree_total_tokens": n}
     if base not in ("stock", "pld", "fspad", "eagle2") or (tree and base in ("stock", "pld")):
         raise ValueError(f"Unknown method {name!r}: use stock, pld, fspad, eagle2, fspad@K,D,N / eagle2@K,D,N, "
-                         "each optionally /lookup=N, /choose, /raw, /context-free, /isolated-costs, /head-gate and /head-cost=X, or spechub / rrs / rrsw [@N[,W]].")
+                         "each optionally /lookup=N, /choose, /raw, /context-free, /isolated-costs, /head-gate, /exact and /head-cost=X, or spechub / rrs / rrsw [@N[,W]].")
     if not tree:
         return base, {}
     try:
@@ -233,7 +236,7 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         if "lookup_rates_file" in kwargs:
             kwargs["lookup_calibration"] = load_lookup_rates(kwargs.pop("lookup_rates_file"), sampling=bool(temperature))
         if context_free or head_cost is not None or isolated:
-            curve = cost_curve_for(target, kwargs["assistant_model"], isolated=isolated)
+            curve = cost_curve_for(target, kwargs["assistant_model"], isolated=isolated, int8=kwargs.get("draft_int8"))
             if head_cost is not None:
                 curve = dataclasses.replace(curve, head_step_ms=head_cost * curve.head_step_ms,
                                             long_head_step_ms=head_cost * curve.long_head_step_ms)

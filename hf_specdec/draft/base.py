@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,36 +94,118 @@ def is_plain(module: nn.Module, kind: type = nn.Linear) -> bool:
                      or hooks._global_backward_hooks or hooks._global_backward_pre_hooks))
 
 
-def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def linear(module: nn.Module, x: torch.Tensor, int8: bool = False) -> torch.Tensor:
     """`module(x)`, by F.linear directly where that is all the call would do (`is_plain`): a head step calls a
-    dozen projections on a handful of tokens, and a module call costs about what such a product does."""
+    dozen projections on a handful of tokens, and a module call costs about what such a product does. With
+    `int8`, while decoding (no gradients), by the module's weight-only int8 `decoding_product`."""
     if is_plain(module):
+        if int8 and not torch.is_grad_enabled():
+            return decoding_product(module, "self", ((module.weight, module.bias),), int8=True)(x)
         return F.linear(x, module.weight, module.bias)
     return module(x)
 
 
-def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...]):
-    """(weight, bias) of the projections `modules` stacked along their outputs, so that one F.linear computes all
-    of them (the same values as each alone: every output is its own row's dot product; tested), or None where
-    that would change what runs: a module that is not a plain nn.Linear (`is_plain`: a PEFT layer, a
-    hook), some with a bias and some without, or gradients being recorded (training calls the modules). Cached
-    on `owner` under `name` until a weight changes: its storage or version (an in-place update: an optimizer
-    step, load_state_dict), or a `.to()` of the head (`DraftHead._apply` drops the stacks)."""
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight-only int8 of W [N, K], one scale per output row n:
+
+        s_n = max_k |W_nk| / 127 (in W's dtype, rounded up),   Q_nk = round(W_nk / s_n),
+
+    so Q_nk lies in [-127, 127] and |W_nk - s_n Q_nk| <= s_n / 2 (tested). A row of zeros gets s_n = 1.
+    Returns (Q int8 [N, K], s [N] in W's dtype)."""
+    w = weight.detach().float()
+    peak = w.abs().amax(dim=1)
+    scales = (peak / 127).to(weight.dtype)
+    short = scales.float() * 127 < peak  # rounded down to the dtype: one step up, so no |W / s| exceeds 127
+    scales = torch.where(short, torch.nextafter(scales, torch.full_like(scales, float("inf"))), scales)
+    scales = torch.where(peak > 0, scales, torch.ones_like(scales))
+    return torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
+def int8_serves(weight: torch.Tensor) -> bool:
+    """Whether torch's weight-only int8 product (`aten._weight_int8pack_mm`) serves W [N, K]: on the CPU, in
+    float32 / float16 / bfloat16, and in bfloat16 only with K a multiple of 16 (torch 2.13's bf16 kernel returns
+    garbage, or crashes, for other K)."""
+    return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and (weight.dtype != torch.bfloat16 or weight.shape[1] % 16 == 0)
+            and hasattr(torch.ops.aten, "_weight_int8pack_mm"))
+
+
+INT8_MAX_ROWS = 8  # above this many rows the int8 kernel loses to a dense product (bf16, 2 threads, 2026-12-06)
+
+
+class Product:
+    """x -> x W^T + b over weights prepared once for decoding: W as it is, or weight-only int8 (`scales` set:
+    W' = diag(scales) Q, `int8_rows`). A head step multiplies a handful of tokens by every weight it has, so on a
+    CPU its time is the time to read them, and Q is half of bf16's bytes (a quarter of float32's). Torch's int8
+    kernel is slower than a dense product beyond a few rows (at 512 rows 30x), so an x of more than
+    INT8_MAX_ROWS rows (a prompt's catch-up, an evaluation batch) is multiplied by a dense copy of W' (in the
+    scales' dtype, made on first need): the same W' either way."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, scales: torch.Tensor | None = None):
+        self.weight, self.bias, self.scales = weight, bias, scales
+        self._dense = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scales is None:
+            return F.linear(x, self.weight, self.bias)
+        if x.numel() > INT8_MAX_ROWS * x.shape[-1]:
+            if self._dense is None:
+                self._dense = (self.weight.float() * self.scales.float()[:, None]).to(self.scales.dtype)
+            return F.linear(x, self._dense, self.bias)
+        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
+        out = out.view(*x.shape[:-1], out.shape[-1])
+        return out if self.bias is None else out + self.bias
+
+
+_warned_exact: set[tuple] = set()
+
+
+def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tensor, torch.Tensor | None], ...],
+                     int8: bool = False, source: tuple[torch.Tensor, ...] | None = None) -> Product:
+    """The `Product` of the weights `params` ((weight, bias) pairs) stacked along their outputs, so that one
+    product computes all of them (each output is its own row's dot product: the same values as each alone;
+    tested), in int8 with `int8` where `int8_serves` (else as they are, logged once). Cached on `owner` under
+    `name` until a weight changes: its storage or version (an in-place update: an optimizer step,
+    load_state_dict), or a `.to()` of the head (`DraftHead._apply` drops the cache); `source`, when given, names
+    the tensors the weights were derived from, which identify them instead (a copy made anew per call would
+    otherwise be prepared anew per call)."""
+    tensors = source if source is not None else tuple(p for pair in params for p in pair if p is not None)
+    key = (int8, *((p.data_ptr(), p._version) for p in tensors))
+    cache = owner.__dict__.get("_stacked_linears")
+    if cache is None:
+        cache = owner.__dict__["_stacked_linears"] = {}
+    cached = cache.get(name)
+    if cached is None or cached[0] != key:
+        weight = params[0][0] if len(params) == 1 else torch.cat([w for w, _ in params])
+        bias = None if params[0][1] is None else (params[0][1] if len(params) == 1 else torch.cat([b for _, b in params]))
+        weight = weight.detach()
+        if int8 and int8_serves(weight):
+            product = _int8_product(weight, bias)
+        else:
+            if int8 and (weight.shape, weight.dtype, weight.device.type) not in _warned_exact:
+                _warned_exact.add((weight.shape, weight.dtype, weight.device.type))
+                logger.warning("hf_specdec: a %s %s product on %s stays unquantized (torch's int8 product does not "
+                               "serve it: CPU only, and bf16 needs K a multiple of 16).", tuple(weight.shape),
+                               weight.dtype, weight.device.type)
+            product = Product(weight, bias)
+        cached = cache[name] = (key, product)
+    return cached[1]
+
+
+def _int8_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
+    q, scales = int8_rows(weight)
+    return Product(q, None if bias is None else bias.detach(), scales)
+
+
+def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...], int8: bool = False) -> Product | None:
+    """`decoding_product` of the projections `modules`, or None where that would change what runs: a module that
+    is not a plain nn.Linear (`is_plain`: a PEFT layer, a hook), some with a bias and some without, or gradients
+    being recorded (training calls the modules)."""
     if torch.is_grad_enabled() or not all(is_plain(m) for m in modules):
         return None
-    biases = [m.bias for m in modules]
-    if any(b is None for b in biases) and not all(b is None for b in biases):
+    if len({m.bias is None for m in modules}) > 1:
         return None
-    key = tuple((p.data_ptr(), p._version) for m in modules for p in (m.weight, m.bias) if p is not None)
-    stacks = owner.__dict__.get("_stacked_linears")
-    if stacks is None:
-        stacks = owner.__dict__["_stacked_linears"] = {}
-    cached = stacks.get(name)
-    if cached is None or cached[0] != key:
-        weight = torch.cat([m.weight for m in modules])
-        bias = None if biases[0] is None else torch.cat(biases)
-        cached = stacks[name] = (key, weight, bias)
-    return cached[1], cached[2]
+    return decoding_product(owner, name, tuple((m.weight, m.bias) for m in modules), int8)
 
 
 def rms_norm(norm: LlamaRMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +216,7 @@ def rms_norm(norm: LlamaRMSNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embeddings, attention_mask, cache,
-                   is_causal: bool) -> torch.Tensor:
+                   is_causal: bool, int8: bool = False) -> torch.Tensor:
     """What `LlamaAttention.forward` computes, called on its projections directly: the same values, bit for bit
     (the rotary embedding by `rotate_query_key`; tested against LlamaAttention), dispatched to the same attention
     implementation (sdpa, eager, or our tree attention kernel), without the wrappers around
@@ -141,14 +224,15 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
     cost about as much as the attention itself (`hf-specdec overhead`). While decoding (no gradients) with plain
     nn.Linear projections, query, key and value come from one product with their weights stacked
     (`stacked_linear`) and are rotated together; otherwise (training, PEFT adapters, hooks) the projections are
-    called as modules, so hooks and adapters apply. `position_embeddings`: (cos, sin) or (cos, sin, signed sin)."""
+    called as modules, so hooks and adapters apply. `position_embeddings`: (cos, sin) or (cos, sin, signed sin).
+    `int8`: the decoding products in weight-only int8 (`DraftHead.int8_weights`)."""
     input_shape = hidden_states.shape[:-1]
     D = attn.head_dim
-    qkv = stacked_linear(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
+    qkv = stacked_linear(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj), int8)
     if qkv is not None:
         cos, sin, *rest = position_embeddings
         sin_signed = (rest[0] if rest else signed_sin(sin))[:, :, None]
-        states = F.linear(hidden_states, *qkv).view(*input_shape, -1, D)  # [B, q, heads + 2 kv heads, D]
+        states = qkv(hidden_states).view(*input_shape, -1, D)  # [B, q, heads + 2 kv heads, D]
         kv_heads = attn.k_proj.weight.shape[0] // D
         rotated = states[..., :-kv_heads, :]
         rotated = rotated * cos[:, :, None] + rotated.roll(D // 2, -1) * sin_signed
@@ -165,7 +249,42 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
     out, _ = attention(attn, query, key, value, attention_mask, dropout=attn.attention_dropout if attn.training else 0.0,
                        scaling=attn.scaling, is_causal=is_causal)
-    return linear(attn.o_proj, out.reshape(*input_shape, -1).contiguous())
+    return linear(attn.o_proj, out.reshape(*input_shape, -1).contiguous(), int8)
+
+
+DRAFT_INT8 = True  # strategy="fspad"'s default where it serves; measured (README, "Int8 head weights")
+
+
+def default_int8_weights(head) -> bool:
+    """Whether strategy="fspad" runs `head` with `DraftHead.int8_weights` when generate's `draft_int8` is not
+    given: the head's generation_config `draft_int8` if it has one, else DRAFT_INT8; either only for a head on
+    the CPU, where torch's int8 product serves (`int8_serves`)."""
+    stored = getattr(getattr(head, "generation_config", None), "draft_int8", None)
+    return bool(DRAFT_INT8 if stored is None else stored) and head.device.type == "cpu"
+
+
+def check_int8_weights(head, given) -> bool:
+    """generate's `draft_int8`: None (the default, `default_int8_weights`), or True / False; True asks for
+    what only a CPU head can do."""
+    if given is None:
+        return default_int8_weights(head)
+    if not isinstance(given, bool):
+        raise TypeError(f"draft_int8 must be True, False or None (the head's default), got {given!r}.")
+    if given and head.device.type != "cpu":
+        raise ValueError(f"draft_int8=True: torch's weight-only int8 product serves heads on the CPU, and this head "
+                         f"is on {head.device}; pass draft_int8=False (or leave it unset).")
+    return given
+
+
+@contextmanager
+def int8_weights(head, on: bool):
+    """`head.int8_weights = on` for the length of a block (one generate call), then what it was."""
+    previous = head.int8_weights
+    head.int8_weights = on
+    try:
+        yield head
+    finally:
+        head.int8_weights = previous
 
 
 @dataclass
@@ -197,6 +316,10 @@ class DraftHead(PreTrainedModel):
     _supports_flash_attn = False
     _supports_attention_backend = True
     feature_layers: tuple[int, ...] | None = None
+    # While decoding (no gradients), compute the head's projections and its draft logits from weight-only int8
+    # copies of their weights (`decoding_product`): what the head proposes moves by the quantization error, what
+    # generate outputs does not (verification is exact). strategy="fspad" sets it per call (its `draft_int8`).
+    int8_weights: bool = False
 
     def _init_weights(self, module):
         std = self.config.initializer_range

@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compat import cache_kwargs
-from .base import DraftHead, DraftOutput, TargetParts, head_attention, rms_norm
+from .base import DraftHead, DraftOutput, TargetParts, head_attention, linear, rms_norm
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -101,7 +101,7 @@ class Eagle3DraftModel(DraftHead):
     # ----------------------------------------------------------------------------------------- compute
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocabulary, from the normed output (forward's hidden_states)."""
-        return self.lm_head(hidden_states)
+        return linear(self.lm_head, hidden_states, self.int8_weights)
 
     def forward(self, input_ids=None, features=None, position_ids=None, attention_mask=None, cache=None,
                 inputs_embeds=None, past_key_values=None, max_position=None) -> DraftOutput:
@@ -110,8 +110,9 @@ class Eagle3DraftModel(DraftHead):
         cache = cache if cache is not None else past_key_values
         e = (inputs_embeds if inputs_embeds is not None else self.embed(input_ids)).to(self.fc.weight.dtype)
         h = features.to(e.dtype)
+        int8 = self.int8_weights and not torch.is_grad_enabled()
         if h.shape[-1] != self.config.hidden_size:
-            h = self.fc(h)
+            h = linear(self.fc, h, int8)
         layer = self.midlayer
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None and past > 0 and h.shape[1] > 1:
@@ -123,7 +124,7 @@ class Eagle3DraftModel(DraftHead):
         normed_h = rms_norm(layer.hidden_norm, h)
         residual = normed_h if layer.norm_before_residual else h
         attn = head_attention(layer.self_attn, torch.cat([rms_norm(layer.input_layernorm, e), normed_h], dim=-1), cos_sin,
-                              attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1)
+                              attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1, int8=int8)
         out = residual + attn
         out = out + layer.mlp(rms_norm(layer.post_attention_layernorm, out))
         for extra in self.extra_layers:

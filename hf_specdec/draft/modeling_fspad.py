@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .base import (DraftHead, DraftOutput, TargetParts, embedding_fingerprint, head_attention, linear, rms_norm,
-                   stacked_linear, tokenizer_hash)
+from .base import (DraftHead, DraftOutput, TargetParts, decoding_product, embedding_fingerprint, head_attention, is_plain,
+                   linear, rms_norm, stacked_linear, tokenizer_hash)
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -107,6 +107,13 @@ class FSPADDraftModel(DraftHead):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocabulary (the full target vocabulary unless a reduced one is set)."""
         parts = self._parts()
+        if self.int8_weights and not torch.is_grad_enabled():
+            lm_head = parts.lm_head
+            if parts.draft_lm_weight is not None:  # rows copied from lm_head at each attach: keyed on their source
+                return decoding_product(self, "logits", ((parts.draft_lm_weight, None),), int8=True,
+                                        source=(lm_head.weight, self.draft_to_target))(hidden_states)
+            if is_plain(lm_head):  # cached on the head, not on the target's module
+                return decoding_product(self, "logits", ((lm_head.weight, lm_head.bias),), int8=True)(hidden_states)
         if parts.draft_lm_weight is not None:
             return F.linear(hidden_states, parts.draft_lm_weight)
         return parts.lm_head(hidden_states)
@@ -136,10 +143,12 @@ class FSPADDraftModel(DraftHead):
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
         dtype = self.fc.weight.dtype
+        int8 = self.int8_weights and not torch.is_grad_enabled()
         e = inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
-        h = linear(self.fc, torch.cat([e, features if features.dtype == dtype else features.to(dtype)], dim=-1))
+        h = linear(self.fc, torch.cat([e, features if features.dtype == dtype else features.to(dtype)], dim=-1), int8)
         if self._feature_sampling:
-            h = h + linear(self.fs_down_proj, F.silu(linear(self.fs_gate_proj, e)) * linear(self.fs_up_proj, rms_norm(self.fs_norm, h)))
+            h = h + linear(self.fs_down_proj, F.silu(linear(self.fs_gate_proj, e, int8))
+                           * linear(self.fs_up_proj, rms_norm(self.fs_norm, h), int8), int8)
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None and past > 0 and h.shape[1] > 1:
             raise ValueError(
@@ -151,14 +160,14 @@ class FSPADDraftModel(DraftHead):
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
         cos_sin = self.position_embeddings(h, position_ids, max_position)
         is_causal = attention_mask is None and h.shape[1] > 1
-        a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal)
+        a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal, int8)
         m = rms_norm(self.post_attention_layernorm, a)
-        gate_up = stacked_linear(self, "gate_up", (self.gate_proj, self.up_proj))
+        gate_up = stacked_linear(self, "gate_up", (self.gate_proj, self.up_proj), int8)
         if gate_up is not None:  # decoding: one product for both (see stacked_linear)
-            gate, up = F.linear(m, *gate_up).chunk(2, dim=-1)
+            gate, up = gate_up(m).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(m), self.up_proj(m)
-        mlp = linear(self.down_proj, F.silu(gate) * up)
+        mlp = linear(self.down_proj, F.silu(gate) * up, int8)
         if self._partial_alignment:
             H = a.shape[-1]
             hidden, features_out = a + mlp[..., :H], a + mlp[..., H:]

@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from ..default_model import cache_dir
+from ..draft.base import default_int8_weights, int8_weights
 from ..tree import CostCurve, DraftTree, crop_cache, fit_cycle_costs, refit_curve, tree_mask_for, tree_position_ids
 from .common import SpecDecodeStats
 from .drafters import HeadDrafter
@@ -65,9 +66,10 @@ def _shape_json(config) -> str:
 
 
 def cost_key(model, head) -> str:
-    """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version."""
+    """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version, and whether the
+    head runs on int8 weights (`DraftHead.int8_weights`)."""
     parts = ["curve format 4: two contexts, fitted to cycles with a plain step among them",
-             _shape_json(model.config), _shape_json(head.config),
+             _shape_json(model.config), _shape_json(head.config), f"int8 weights: {bool(head.int8_weights)}",
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -183,7 +185,8 @@ def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: 
             tree = (dict(cost_curve=_NOTHING_PAYS) if shape == PLAIN_CYCLE
                     else dict(tree_top_k=top_k, tree_depth=depth, tree_total_tokens=total))
             out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                 assistant_model=head, strategy="fspad", lookup_tokens=0, streamer=clock, **tree)
+                                 assistant_model=head, strategy="fspad", lookup_tokens=0, streamer=clock,
+                                 draft_int8=bool(head.int8_weights), **tree)
             # chunks: the prompt, the prefill's token, then one per cycle
             times = clock.times[2:] if len(clock.times) > 3 else clock.times[1:]
             spans[shape] += [(b - a) * 1000 for a, b in zip(times, times[1:])]
@@ -214,24 +217,28 @@ def fitted_curve(model, head, isolated: CostCurve) -> tuple[CostCurve, dict]:
     return curve, record
 
 
-def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False) -> CostCurve:
+def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False, int8: bool | None = None) -> CostCurve:
     """The cached curve for this (target, head, device, dtype, threads), measured on first use: fitted to whole
-    cycles, or with `isolated` the curve of the isolated measurements alone (for comparisons)."""
-    key = cost_key(model, head)
-    with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
-        if key not in _MEMORY or refresh:
-            _MEMORY[key] = _load_or_measure(model, head, refresh)
+    cycles, or with `isolated` the curve of the isolated measurements alone (for comparisons). `int8`: for the
+    head on int8 weights or not (default: as strategy="fspad" runs it by default, `default_int8_weights`)."""
+    with int8_weights(head, default_int8_weights(head) if int8 is None else int8):
+        key = cost_key(model, head)
+        with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
+            if key not in _MEMORY or refresh:
+                _MEMORY[key] = _load_or_measure(model, head, refresh)
     fitted, alone = _MEMORY[key]
     return alone if isolated else fitted
 
 
-def cost_cache_path(model, head):
-    """The cache file of this pair's curves: the fitted curve, its "isolated" one and the "cycle_fit" record."""
-    return cache_dir() / "costs" / f"{cost_key(model, head)}.json"
+def cost_cache_path(model, head, int8: bool | None = None):
+    """The cache file of this pair's curves: the fitted curve, its "isolated" one and the "cycle_fit" record
+    (`int8` as in `cost_curve_for`)."""
+    with int8_weights(head, default_int8_weights(head) if int8 is None else int8):
+        return cache_dir() / "costs" / f"{cost_key(model, head)}.json"
 
 
 def _load_or_measure(model, head, refresh: bool) -> tuple[CostCurve, CostCurve]:
-    path = cost_cache_path(model, head)
+    path = cost_cache_path(model, head, int8=bool(head.int8_weights))  # the mode cost_curve_for set
     if path.is_file() and not refresh:
         stored = json.loads(path.read_text())
         return CostCurve.from_dict(stored), CostCurve.from_dict(stored["isolated"])

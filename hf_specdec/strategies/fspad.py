@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from ..draft.base import DraftHead
+from ..draft.base import DraftHead, check_int8_weights, int8_weights
 from ..lookup import LOOKUP_CALIBRATION, LOOKUP_CALIBRATION_SAMPLING, LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..tree.sizing import batch_expansion_pays, best_batch_tree_size
@@ -290,6 +290,7 @@ def fspad_generate(
     lookup_mode: str = "merge",
     head_gate: bool = False,
     track_expected_tau: bool = False,
+    draft_int8: bool | None = None,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
@@ -310,6 +311,10 @@ def fspad_generate(
     row): `spec_stats.expected_lengths` gets each cycle's expected tokens under the sampling rule
     (`verification.expected_accepted`), a tau without the noise of the draws, for comparing drafts at T > 0
     (`hf-specdec bench` reports it); it costs a softmax normaliser over the tree's scores per cycle.
+    `draft_int8`: the head drafts from weight-only int8 copies of its weights and of its draft rows of the
+    target's lm_head (`DraftHead.int8_weights`): a head step reads half the bytes, and the outputs are those of
+    exact drafts (verification is exact); default: the head's generation_config `draft_int8`, else on for a head
+    on the CPU (`default_int8_weights`); True on another device is an error.
 
     Without tree_top_k / tree_depth / tree_total_tokens the tree is sized each cycle by this machine's costs
     (tree/sizing.py; the curve is measured once and cached, or given as `cost_curve`): drafting stops when
@@ -354,10 +359,11 @@ def fspad_generate(
                          "has no randomness to average out, so its tau is already the expected one.")
     if track_expected_tau and batched:
         raise NotImplementedError("track_expected_tau=True tracks one row; call generate once per prompt.")
+    int8 = check_int8_weights(head, draft_int8)
     stats = SpecDecodeStats(expected_lengths=[] if track_expected_tau else None)
     drafter = (DeferredHeadDrafter if head_gate else HeadDrafter)(head, stats)
     draft_to_target = head.draft_to_target if head.config.draft_vocab_size is not None else None
-    curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head)) if sized else None
+    curve = (cost_curve if cost_curve is not None else cost_curve_for(model, head, int8=int8)) if sized else None
     sampling = bool(generation_config.do_sample)
     grow = TreeDrafts(drafter, shape, curve, lookup_mode, draft_to_target, sampling=sampling,
                       head_calibration=head_estimate_calibration(head, estimate_calibration, sampling),
@@ -370,8 +376,10 @@ def fspad_generate(
             return verify_sampling(tree, scores)
         return verify_greedy(tree, scores)
 
-    if batched:
-        return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter, BatchTreeDrafts(grow, len(input_ids)),
-                                         verify, logits_processor, stopping_criteria, generation_config, stats)
-    return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
-                             stopping_criteria, generation_config, streamer, stats)
+    with int8_weights(head, int8):
+        if batched:
+            return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter,
+                                             BatchTreeDrafts(grow, len(input_ids)), verify, logits_processor,
+                                             stopping_criteria, generation_config, stats)
+        return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
+                                 stopping_criteria, generation_config, streamer, stats)

@@ -476,10 +476,11 @@ def main(argv=None):
 
 
 def held_back_sums(head_dirs, groups: dict[str, list[dict]], batch_tokens: int, steps: int, target, tokenizer,
-                   featurize=None, check=None):
+                   featurize=None, check=None, int8: bool = False):
     """`evaluation_sums` of each saved head on each group of held-back samples (features stored, or added by
     `featurize`), a head at a time: yields (head_dir, {group: sums}). `check(head)`, when given, vets a head
-    before it runs."""
+    before it runs; `int8`: the heads run on int8 weights, as strategy="fspad" runs them on a CPU
+    (`DraftHead.int8_weights`)."""
     from ..draft import FSPADDraftModel
 
     for head_dir in head_dirs:
@@ -487,6 +488,7 @@ def held_back_sums(head_dirs, groups: dict[str, list[dict]], batch_tokens: int, 
         if check is not None:
             check(head)
         head.attach_target(target, tokenizer)
+        head.int8_weights = int8
         yield str(head_dir), {name: evaluation_sums(head, val, batch_tokens, steps=steps, featurize=featurize)
                               for name, val in groups.items()}
 
@@ -544,7 +546,11 @@ def evaluate_main(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.05, help="the split `hf-specdec train` held back")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=3, help="also the top-1 of steps 2..N, fed the head's own features")
+    p.add_argument("--int8", action="store_true", help="with --samples: the heads on int8 weights, as "
+                   "strategy='fspad' runs them on a CPU by default (draft_int8)")
     args = p.parse_args(argv)
+    if args.int8 and args.features:
+        p.error("--int8 is for --samples (evaluate with --features reads stored features; give the sample files).")
     later = range(2, args.steps + 1)
     columns = (["top-1", "top-3"] + [f"top-1 step {j}" for j in later]
                + ["T=1 accept top-1", "T=1 accept top-4", "head's p(top-1)"] + [f"T=1 accept step {j}" for j in later])
@@ -575,7 +581,8 @@ def evaluate_main(argv=None):
     groups = {name: val for name, val in val_of.items() if val}
     target, tokenizer = load_target(args.model, DTYPES["float32"])
     featurize = OnTheFlyFeatures(target, DTYPES["bfloat16"], remember=True)  # every head sees the same batches
-    for head_dir, sums in held_back_sums(args.heads, groups, args.batch_tokens, args.steps, target, tokenizer, featurize):
+    for head_dir, sums in held_back_sums(args.heads, groups, args.batch_tokens, args.steps, target, tokenizer, featurize,
+                                         int8=args.int8):
         rows = {"all": add_sums(list(sums.values()))}
         if len(args.samples) > 1:
             rows.update(sums)
