@@ -178,9 +178,10 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
     if cached is None or cached[0] != key:
         weight = params[0][0] if len(params) == 1 else torch.cat([w for w, _ in params])
         bias = None if params[0][1] is None else (params[0][1] if len(params) == 1 else torch.cat([b for _, b in params]))
-        weight = weight.detach()
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
         if int8 and int8_serves(weight):
-            product = _int8_product(weight, bias)
+            q, scales = int8_rows(weight)
+            product = Product(q, bias, scales)
         else:
             if int8 and (weight.shape, weight.dtype, weight.device.type) not in _warned_exact:
                 _warned_exact.add((weight.shape, weight.dtype, weight.device.type))
@@ -190,11 +191,6 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
             product = Product(weight, bias)
         cached = cache[name] = (key, product)
     return cached[1]
-
-
-def _int8_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
-    q, scales = int8_rows(weight)
-    return Product(q, None if bias is None else bias.detach(), scales)
 
 
 def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...], int8: bool = False) -> Product | None:
