@@ -5,6 +5,7 @@ per code version, alternating, in separate processes.
     python examples/time_head_step.py [--tiny] [--rounds 7] [--steps 200]
     python examples/time_head_step.py --ops      # what single small ops cost on this CPU, one thread
     python examples/time_head_step.py --tiny --compile   # the same step with the head's forward torch.compile'd
+    python examples/time_head_step.py --int8     # the head's products: bf16 / float32 F.linear against int8 weights
 """
 
 import argparse
@@ -36,17 +37,52 @@ def time_ops(calls: int = 5000) -> None:
         print(f"{name}: {(time.perf_counter() - start) / calls * 1e6:.1f} us")
 
 
+def time_int8_products(rounds: int = 5, calls: int = 200) -> None:
+    """Median microseconds per call of SmolLM2-sized head products (the 16k lm_head rows, gate / up, down) for a
+    few row counts: F.linear on bf16 and float32 weights against `Product` on int8 weights (hf_specdec.draft.base;
+    its dense path past INT8_MAX_ROWS rows, so the kernel itself is timed up to that count only)."""
+    from hf_specdec.draft.base import INT8_MAX_ROWS, Product, int8_rows
+
+    def median_us(fn):
+        for _ in range(20):
+            fn()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - start) / calls * 1e6)
+        return statistics.median(times)
+
+    print("| weight [N, K] | rows | bf16 | int8 | float32 |\n|---|---|---|---|---|")
+    torch.manual_seed(0)
+    for n, k in ((16384, 576), (1536, 576), (1152, 1536)):
+        w = torch.randn(n, k, dtype=torch.bfloat16)
+        q, s = int8_rows(w)
+        int8, wf = Product(q, None, s), w.float()
+        for rows in (1, 4, INT8_MAX_ROWS, 16):
+            x = torch.randn(rows, k, dtype=torch.bfloat16)
+            kernel = rows <= INT8_MAX_ROWS
+            int8_us = median_us(lambda: int8(x)) if kernel else median_us(
+                lambda: torch.ops.aten._weight_int8pack_mm(x, q, s))
+            print(f"| [{n}, {k}] | {rows} | {median_us(lambda: F.linear(x, w)):.0f} | {int8_us:.0f} | "
+                  f"{median_us(lambda: F.linear(x.float(), wf)):.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers' shape, float32 (host cost only)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ops", action="store_true", help="time single small ops instead")
+    ap.add_argument("--int8", action="store_true", help="time the head's products on bf16, float32 and int8 weights")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the head's forward (dynamic shapes; its compile time is printed, not timed)")
     args = ap.parse_args()
     if args.ops:
         return time_ops()
+    if args.int8:
+        return time_int8_products()
     torch.manual_seed(0)
     if args.tiny:
         config, dtype, cached = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,

@@ -8,7 +8,7 @@ from transformers import GenerationConfig
 
 from hf_specdec import FSPADDraftModel
 from hf_specdec.draft.base import (INT8_MAX_ROWS, Product, check_int8_weights, decoding_product, default_int8_weights, int8_rows,
-                                   int8_serves, int8_weights)
+                                   int8_serves)
 from hf_specdec.strategies.calibration import cost_key
 
 from conftest import tiny_target
@@ -149,6 +149,4 @@ def test_the_heads_generation_config_sets_the_default(llama):
 
 def test_cost_curves_are_kept_per_weight_mode(llama):
     head = FSPADDraftModel.from_target(llama)
-    with int8_weights(head, True):
-        on = cost_key(llama, head)
-    assert on != cost_key(llama, head) and head.int8_weights is False
+    assert cost_key(llama, head, True) != cost_key(llama, head, False)

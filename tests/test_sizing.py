@@ -223,9 +223,9 @@ def test_cost_key_is_the_shapes_not_the_folder(tmp_path):
     a, b = (FSPADDraftModel.from_pretrained(tmp_path / name) for name in ("a", "b"))
     assert a.config.name_or_path != b.config.name_or_path
     b.config.transformers_version = "0.0.1"
-    assert calibration.cost_key(target, a) == calibration.cost_key(target, b) == calibration.cost_key(target, head)
+    assert calibration.cost_key(target, a, False) == calibration.cost_key(target, b, False) == calibration.cost_key(target, head, False)
     other = FSPADDraftModel.from_target(target, draft_vocab_size=16)
-    assert calibration.cost_key(target, other) != calibration.cost_key(target, head)
+    assert calibration.cost_key(target, other, False) != calibration.cost_key(target, head, False)
 
 
 def test_cycle_timing_interleaves_the_shapes_over_rounds(monkeypatch):

@@ -130,14 +130,14 @@ def int8_serves(weight: torch.Tensor) -> bool:
             and hasattr(torch.ops.aten, "_weight_int8pack_mm"))
 
 
-INT8_MAX_ROWS = 8  # above this many rows the int8 kernel loses to a dense product (bf16, 2 threads, 2026-12-06)
+INT8_MAX_ROWS = 8  # beyond ~4-8 rows the int8 kernel loses to a dense product (`examples/time_head_step.py --int8`)
 
 
 class Product:
     """x -> x W^T + b over weights prepared once for decoding: W as it is, or weight-only int8 (`scales` set:
     W' = diag(scales) Q, `int8_rows`). A head step multiplies a handful of tokens by every weight it has, so on a
     CPU its time is the time to read them, and Q is half of bf16's bytes (a quarter of float32's). Torch's int8
-    kernel is slower than a dense product beyond a few rows (at 512 rows 30x), so an x of more than
+    kernel is slower than a dense product beyond a few rows, and far slower for many, so an x of more than
     INT8_MAX_ROWS rows (a prompt's catch-up, an evaluation batch) is multiplied by a dense copy of W' (in the
     scales' dtype, made on first need): the same W' either way."""
 
@@ -157,7 +157,10 @@ class Product:
         return out if self.bias is None else out + self.bias
 
 
-_warned_exact: set[tuple] = set()
+@functools.lru_cache(maxsize=None)
+def _log_unquantized(shape, dtype, device_type) -> None:
+    logger.warning("hf_specdec: a %s %s product on %s stays unquantized (torch's int8 product does not serve it: CPU "
+                   "only, and bf16 needs K a multiple of 16).", shape, dtype, device_type)
 
 
 def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tensor, torch.Tensor | None], ...],
@@ -183,11 +186,8 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
             q, scales = int8_rows(weight)
             product = Product(q, bias, scales)
         else:
-            if int8 and (weight.shape, weight.dtype, weight.device.type) not in _warned_exact:
-                _warned_exact.add((weight.shape, weight.dtype, weight.device.type))
-                logger.warning("hf_specdec: a %s %s product on %s stays unquantized (torch's int8 product does not "
-                               "serve it: CPU only, and bf16 needs K a multiple of 16).", tuple(weight.shape),
-                               weight.dtype, weight.device.type)
+            if int8:
+                _log_unquantized(tuple(weight.shape), str(weight.dtype), weight.device.type)
             product = Product(weight, bias)
         cached = cache[name] = (key, product)
     return cached[1]

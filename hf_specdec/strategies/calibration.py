@@ -65,11 +65,11 @@ def _shape_json(config) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def cost_key(model, head) -> str:
+def cost_key(model, head, int8: bool) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version, and whether the
     head runs on int8 weights (`DraftHead.int8_weights`)."""
     parts = ["curve format 4: two contexts, fitted to cycles with a plain step among them",
-             _shape_json(model.config), _shape_json(head.config), f"int8 weights: {bool(head.int8_weights)}",
+             _shape_json(model.config), _shape_json(head.config), f"int8 weights: {bool(int8)}",
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -221,11 +221,12 @@ def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False, i
     """The cached curve for this (target, head, device, dtype, threads), measured on first use: fitted to whole
     cycles, or with `isolated` the curve of the isolated measurements alone (for comparisons). `int8`: for the
     head on int8 weights or not (default: as strategy="fspad" runs it by default, `default_int8_weights`)."""
-    with int8_weights(head, default_int8_weights(head) if int8 is None else int8):
-        key = cost_key(model, head)
-        with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
-            if key not in _MEMORY or refresh:
-                _MEMORY[key] = _load_or_measure(model, head, refresh)
+    int8 = default_int8_weights(head) if int8 is None else int8
+    key = cost_key(model, head, int8)
+    with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
+        if key not in _MEMORY or refresh:
+            with int8_weights(head, int8):  # measured as it will decode
+                _MEMORY[key] = _load_or_measure(model, head, cost_cache_path(model, head, int8), refresh)
     fitted, alone = _MEMORY[key]
     return alone if isolated else fitted
 
@@ -233,12 +234,11 @@ def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False, i
 def cost_cache_path(model, head, int8: bool | None = None):
     """The cache file of this pair's curves: the fitted curve, its "isolated" one and the "cycle_fit" record
     (`int8` as in `cost_curve_for`)."""
-    with int8_weights(head, default_int8_weights(head) if int8 is None else int8):
-        return cache_dir() / "costs" / f"{cost_key(model, head)}.json"
+    int8 = default_int8_weights(head) if int8 is None else int8
+    return cache_dir() / "costs" / f"{cost_key(model, head, int8)}.json"
 
 
-def _load_or_measure(model, head, refresh: bool) -> tuple[CostCurve, CostCurve]:
-    path = cost_cache_path(model, head, int8=bool(head.int8_weights))  # the mode cost_curve_for set
+def _load_or_measure(model, head, path, refresh: bool) -> tuple[CostCurve, CostCurve]:
     if path.is_file() and not refresh:
         stored = json.loads(path.read_text())
         return CostCurve.from_dict(stored), CostCurve.from_dict(stored["isolated"])
