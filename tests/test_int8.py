@@ -120,7 +120,8 @@ def test_generate_outputs_are_stocks_with_and_without_int8_and_the_mode_is_resto
                              tree_top_k=4, tree_depth=3, tree_total_tokens=12)
         assert torch.equal(out, stock)
         assert head.int8_weights is False  # the call's mode, then what it was
-        assert ("logits" in head.__dict__.get("_stacked_linears", {})) == (draft_int8 is not False)
+        # None: the default, exact weights for a float32 head (DRAFT_INT8_DTYPES)
+        assert ("logits" in head.__dict__.get("_stacked_linears", {})) == (draft_int8 is True)
 
 
 def test_draft_int8_bad_values_are_clear_errors(llama):
@@ -139,9 +140,12 @@ def test_draft_int8_bad_values_are_clear_errors(llama):
         llama.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=2, draft_int8=1)
 
 
-def test_the_heads_generation_config_sets_the_default(llama):
+def test_the_default_is_int8_for_a_bf16_cpu_head_unless_its_generation_config_says_otherwise(llama):
     head = FSPADDraftModel.from_target(llama)
     head.generation_config = None
+    assert head.dtype == torch.float32 and default_int8_weights(head) is False  # float32: measured slower in int8
+    assert check_int8_weights(head, None) is False and check_int8_weights(head, True) is True  # asked for: served
+    head.to(torch.bfloat16)
     assert default_int8_weights(head) is True
     head.generation_config = GenerationConfig(draft_int8=False)
     assert default_int8_weights(head) is False and check_int8_weights(head, True) is True

@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from ..default_model import default_target
 from ..draft import FSPADDraftModel
+from ..draft.base import check_int8_weights, default_int8_weights
 from ..heads import default_draft
 from ..strategies.calibration import cost_cache_path, cost_curve_for
 from ..strategies.drafters import HeadDrafter
@@ -144,23 +145,31 @@ def calibrate_main(argv=None):
     ap.add_argument("--draft", default=None, help="FSPAD head folder or id (default: the shipped head)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--refresh", action="store_true", help="measure again even if a cached curve exists")
+    ap.add_argument("--int8", choices=["default", "on", "off"], default="default",
+                    help="the curve for the head on int8 weights (on), on its exact weights (off), or as strategy='fspad' "
+                         "runs it by default (draft_int8)")
     args = ap.parse_args(argv)
     from ..training.prepare import load_target
 
     model, tok = load_target(args.model, getattr(torch, args.dtype))
     head = (FSPADDraftModel.from_pretrained(args.draft, dtype=model.dtype).attach_target(model, tok) if args.draft
             else default_draft(model, tok))
-    curve = cost_curve_for(model, head, refresh=args.refresh)
-    print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads), "
-          f"cached as {cost_cache_path(model, head)}")
+    int8 = {"default": None, "on": True, "off": False}[args.int8]
+    int8 = default_int8_weights(head) if int8 is None else check_int8_weights(head, int8)
+    curve = cost_curve_for(model, head, refresh=args.refresh, int8=int8)
+    alone = cost_curve_for(model, head, isolated=True, int8=int8)
+    path = cost_cache_path(model, head, int8)
+    print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads, head on "
+          f"{'int8' if int8 else 'exact'} weights), cached as {path}")
     print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
     print("|---" * (len(curve.sizes) + 1) + "|")
     print(f"| verify ms after {curve.context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")
     if curve.long_verify_ms:
         print(f"| verify ms after {curve.long_context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.long_verify_ms) + " |")
     print(f"head step (4 nodes): {curve.head_step_ms:.2f} ms"
-          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else ""))
-    stored = json.loads(cost_cache_path(model, head).read_text())
+          + (f" ({curve.long_head_step_ms:.2f} ms after {curve.long_context})" if curve.long_verify_ms else "")
+          + f"; measured alone, cold: {alone.head_step_ms:.2f} ms")
+    stored = json.loads(path.read_text())
     fit = stored.get("cycle_fit")
     if fit:
         print(f"refitted to whole cycles: level x{fit['level']:.2f}, per tree token x{fit['slope']:.2f}, "

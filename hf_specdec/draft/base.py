@@ -248,15 +248,21 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
     return linear(attn.o_proj, out.reshape(*input_shape, -1).contiguous(), int8)
 
 
-DRAFT_INT8 = True  # strategy="fspad"'s default where it serves; measured (README, "Int8 head weights")
+DRAFT_INT8 = True  # strategy="fspad"'s default where it serves and pays; measured (README, "Int8 head weights")
+# The head dtypes whose int8 step measured faster than the exact one on the CPU. bf16: a cold SmolLM2 head step
+# 4.61 -> 3.25 ms; float32: 11.8 -> 31.7 ms, torch's float32-activation int8 kernel being far slower than its
+# float32 GEMM (`hf-specdec calibrate --dtype float32 --int8 on|off`, 2026-12-07), so a float32 head drafts from exact weights.
+DRAFT_INT8_DTYPES = (torch.bfloat16,)
 
 
 def default_int8_weights(head) -> bool:
     """Whether strategy="fspad" runs `head` with `DraftHead.int8_weights` when generate's `draft_int8` is not
     given: the head's generation_config `draft_int8` if it has one, else DRAFT_INT8; either only for a head on
-    the CPU, where torch's int8 product serves (`int8_serves`)."""
+    the CPU (where torch's int8 product serves, `int8_serves`) in a dtype where it measured faster
+    (DRAFT_INT8_DTYPES). `draft_int8=True` asks for it in any CPU dtype."""
     stored = getattr(getattr(head, "generation_config", None), "draft_int8", None)
-    return bool(DRAFT_INT8 if stored is None else stored) and head.device.type == "cpu"
+    return (bool(DRAFT_INT8 if stored is None else stored) and head.device.type == "cpu"
+            and head.dtype in DRAFT_INT8_DTYPES)
 
 
 def check_int8_weights(head, given) -> bool:
