@@ -1,14 +1,15 @@
-"""Weight-only int8 head weights (draft/base.py: int8_rows, Product, decoding_product; strategy="fspad"'s
-draft_int8): the quantization's error bound, the product against its definition, where it serves, the cache,
-and generate's outputs unchanged."""
+"""The head's decoding products (draft/base.py: Product, decoding_product): weight-only int8 weights (int8_rows;
+strategy="fspad"'s draft_int8), oneDNN-prepacked dense weights, the cache and `weights_fixed`: the quantization's
+error bound, the products against their definitions, where each serves, and generate's outputs unchanged."""
 
 import pytest
 import torch
 from transformers import GenerationConfig
 
 from hf_specdec import FSPADDraftModel
+from hf_specdec.draft import base
 from hf_specdec.draft.base import (INT8_MAX_ROWS, Product, check_int8_weights, decoding_product, default_int8_weights, int8_rows,
-                                   int8_serves)
+                                   int8_serves, packing_serves, weights_fixed)
 from hf_specdec.strategies.calibration import cost_key
 
 from conftest import tiny_target
@@ -40,7 +41,39 @@ def test_int8_product_is_x_times_the_dequantized_weight(dtype, tol, shape):
         expected = x.double() @ reference_weight.T + b.double()
         assert out.shape == (*x.shape[:-1], shape[0]) and out.dtype == dtype
         assert float((out.double() - expected).abs().max()) <= tol * float(expected.abs().max())
-    assert torch.equal(Product(w, b)(x), torch.nn.functional.linear(x, w, b))  # unquantized: F.linear itself
+    unquantized = Product(w, b)(x)  # F.linear's values (prepacked large weights: see the packing tests)
+    if dtype == torch.bfloat16 or not packing_serves(w):
+        assert torch.equal(unquantized, torch.nn.functional.linear(x, w, b))
+    else:
+        torch.testing.assert_close(unquantized, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a torch built without oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_dense_products_run_on_prepacked_weights_with_f_linear_values(dtype):
+    """bf16: the same values as F.linear bit for bit, for a few rows and for a prompt's catch-up; float32: oneDNN
+    sums in another order than F.linear, so within float32 rounding. Small weights are not packed (the prepacked
+    call costs more than their product)."""
+    torch.manual_seed(2)
+    w, b = torch.randn(960, 576).to(dtype), torch.randn(960).to(dtype)
+    assert packing_serves(w) and not packing_serves(w[:64, :64]) and not packing_serves(w.to(torch.float16))
+    product = Product(w, b)
+    for x in (torch.randn(1, 576), torch.randn(1, 4, 576), torch.randn(2, 300, 576)):
+        x = x.to(dtype)
+        out, reference = product(x), torch.nn.functional.linear(x, w, b)
+        assert out.shape == reference.shape and out.dtype == dtype
+        if dtype == torch.bfloat16:
+            assert torch.equal(out, reference)
+        else:
+            torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-4)
+    assert product._dense[1] is not None and product._dense[1].is_mkldnn
+
+
+def test_packing_can_be_switched_off(monkeypatch):
+    w = torch.randn(960, 576)
+    monkeypatch.setattr(base, "PACK_WEIGHTS", False)
+    x = torch.randn(3, 576)
+    assert not packing_serves(w) and torch.equal(Product(w)(x), torch.nn.functional.linear(x, w))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -89,6 +122,21 @@ def test_decoding_products_are_cached_until_a_weight_changes():
     assert again is not first and torch.allclose(again.scales, 2 * first.scales)
 
 
+def test_inside_weights_fixed_a_product_is_checked_once_per_block():
+    owner, lin = torch.nn.Module(), torch.nn.Linear(64, 32)
+    params = ((lin.weight, lin.bias),)
+    with weights_fixed():
+        first = decoding_product(owner, "p", params)
+        with torch.no_grad():
+            lin.weight.mul_(2)  # breaks the block's promise: the product checked in it is kept
+        assert decoding_product(owner, "p", params) is first
+        assert decoding_product(owner, "p", params, int8=True) is not first  # another mode is checked
+    again = decoding_product(owner, "p", params)  # outside (or in the next block): checked again
+    assert again is not first and torch.equal(again.weight, lin.weight)
+    with weights_fixed():
+        assert decoding_product(owner, "p", params) is again  # unchanged weights: the same product
+
+
 def test_head_on_int8_weights_drafts_close_to_exact_and_trains_exactly(llama):
     torch.manual_seed(2)
     head = FSPADDraftModel.from_target(llama).eval()
@@ -121,7 +169,7 @@ def test_generate_outputs_are_stocks_with_and_without_int8_and_the_mode_is_resto
         assert torch.equal(out, stock)
         assert head.int8_weights is False  # the call's mode, then what it was
         # None: the default, exact weights for a float32 head (DRAFT_INT8_DTYPES)
-        assert ("logits" in head.__dict__.get("_stacked_linears", {})) == (draft_int8 is True)
+        assert (head.__dict__["_stacked_linears"]["logits"][1].scales is not None) == (draft_int8 is True)
 
 
 def test_draft_int8_bad_values_are_clear_errors(llama):
@@ -154,3 +202,10 @@ def test_the_default_is_int8_for_a_bf16_cpu_head_unless_its_generation_config_sa
 def test_cost_curves_are_kept_per_weight_mode(llama):
     head = FSPADDraftModel.from_target(llama)
     assert cost_key(llama, head, True) != cost_key(llama, head, False)
+
+
+def test_cost_curves_are_kept_per_packing(llama, monkeypatch):
+    head = FSPADDraftModel.from_target(llama)
+    packed = cost_key(llama, head, False)
+    monkeypatch.setattr(base, "PACK_WEIGHTS", False)
+    assert cost_key(llama, head, False) != packed

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -99,8 +100,8 @@ def linear(module: nn.Module, x: torch.Tensor, int8: bool = False) -> torch.Tens
     dozen projections on a handful of tokens, and a module call costs about what such a product does. With
     `int8`, while decoding (no gradients), by the module's weight-only int8 `decoding_product`."""
     if is_plain(module):
-        if int8 and not torch.is_grad_enabled():
-            return decoding_product(module, "self", ((module.weight, module.bias),), int8=True)(x)
+        if not torch.is_grad_enabled():
+            return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)(x)
         return F.linear(x, module.weight, module.bias)
     return module(x)
 
@@ -133,25 +134,53 @@ def int8_serves(weight: torch.Tensor) -> bool:
 INT8_MAX_ROWS = 8  # beyond ~4-8 rows the int8 kernel loses to a dense product (`examples/time_head_step.py --int8`)
 
 
+PACK_WEIGHTS = True  # dense decoding products on oneDNN-prepacked weights where `packing_serves`
+# The smallest weight worth prepacking: the prepacked call costs ~18 us however small the weight, F.linear ~6 us
+# for a [64, 128] one; they meet near 256 x 256 (4 rows, warm, 2 threads: 18.4 / 20.2 us in float32, 32.0 / 20.9
+# in bf16; 576 x 576: 73 / 35 and 57 / 27 us; `python examples/time_head_step.py --packing`).
+PACK_MIN_ELEMENTS = 1 << 17
+
+
+def packing_serves(weight: torch.Tensor) -> bool:
+    """Whether a dense decoding product runs on oneDNN's prepacked weight (`torch.ops.mkldnn._linear_pointwise`
+    on W reordered once by `_reorder_linear_weight`): on the CPU, in float32 or bfloat16, in a torch built with
+    oneDNN, for a weight of at least PACK_MIN_ELEMENTS."""
+    return (PACK_WEIGHTS and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
+            and weight.numel() >= PACK_MIN_ELEMENTS and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
 class Product:
     """x -> x W^T + b over weights prepared once for decoding: W as it is, or weight-only int8 (`scales` set:
     W' = diag(scales) Q, `int8_rows`). A head step multiplies a handful of tokens by every weight it has, so on a
     CPU its time is the time to read them, and Q is half of bf16's bytes (a quarter of float32's). Torch's int8
     kernel is slower than a dense product beyond a few rows, and far slower for many, so an x of more than
     INT8_MAX_ROWS rows (a prompt's catch-up, an evaluation batch) is multiplied by a dense copy of W' (in the
-    scales' dtype, made on first need): the same W' either way."""
+    scales' dtype, made on first need): the same W' either way.
+
+    A dense product runs on a copy of W (or W') that oneDNN reordered once into its own layout, where that serves
+    (`packing_serves`): F.linear reorders the weight on every call, which for a few rows costs more than the
+    product (SmolLM2's 16k draft rows of the lm_head, 4 rows, cold: bf16 1.40 -> 0.77 ms, float32 6.0 -> 1.2 ms;
+    `python examples/time_head_step.py --int8`). In bf16 the values are F.linear's bit for bit (tested); in
+    float32 oneDNN's sums differ from F.linear's in the last bits."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, scales: torch.Tensor | None = None):
         self.weight, self.bias, self.scales = weight, bias, scales
-        self._dense = None
+        self._dense = None  # (W or W', its packed copy or None), made on first need
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense is None:
+            w = self.weight if self.scales is None else (
+                self.weight.float() * self.scales.float()[:, None]).to(self.scales.dtype)
+            self._dense = (w, torch.ops.mkldnn._reorder_linear_weight(w, INT8_MAX_ROWS) if packing_serves(w) else None)
+        w, packed = self._dense
+        if packed is None:
+            return F.linear(x, w, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scales is None:
-            return F.linear(x, self.weight, self.bias)
-        if x.numel() > INT8_MAX_ROWS * x.shape[-1]:
-            if self._dense is None:
-                self._dense = (self.weight.float() * self.scales.float()[:, None]).to(self.scales.dtype)
-            return F.linear(x, self._dense, self.bias)
+        if self.scales is None or x.numel() > INT8_MAX_ROWS * x.shape[-1]:
+            return self.dense(x)
         out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
         out = out.view(*x.shape[:-1], out.shape[-1])
         return out if self.bias is None else out + self.bias
@@ -171,14 +200,20 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
     `name` until a weight changes: its storage or version (an in-place update: an optimizer step,
     load_state_dict), or a `.to()` of the head (`DraftHead._apply` drops the cache); `source`, when given, names
     the tensors the weights were derived from, which identify them instead (a copy made anew per call would
-    otherwise be prepared anew per call)."""
-    tensors = source if source is not None else tuple(p for pair in params for p in pair if p is not None)
-    key = (int8, *((p.data_ptr(), p._version) for p in tensors))
+    otherwise be prepared anew per call). Inside `weights_fixed` (one generate call) a product checked once in
+    the block is not checked again: a head step calls a dozen, and each check reads two attributes per tensor."""
     cache = owner.__dict__.get("_stacked_linears")
     if cache is None:
         cache = owner.__dict__["_stacked_linears"] = {}
     cached = cache.get(name)
-    if cached is None or cached[0] != key:
+    block = getattr(_fixed_weights, "block", None)
+    if cached is not None and block is not None and cached[2] is block and cached[0][0] == int8:
+        return cached[1]
+    tensors = source if source is not None else tuple(p for pair in params for p in pair if p is not None)
+    key = (int8, *((p.data_ptr(), p._version) for p in tensors))
+    if cached is not None and cached[0] == key:
+        cached = cache[name] = (key, cached[1], block)
+    else:
         weight = params[0][0] if len(params) == 1 else torch.cat([w for w, _ in params])
         bias = None if params[0][1] is None else (params[0][1] if len(params) == 1 else torch.cat([b for _, b in params]))
         weight, bias = weight.detach(), None if bias is None else bias.detach()
@@ -189,8 +224,23 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
             if int8:
                 _log_unquantized(tuple(weight.shape), str(weight.dtype), weight.device.type)
             product = Product(weight, bias)
-        cached = cache[name] = (key, product)
+        cached = cache[name] = (key, product, block)
     return cached[1]
+
+
+_fixed_weights = threading.local()  # .block: the innermost `weights_fixed` block of this thread, or None
+
+
+@contextmanager
+def weights_fixed():
+    """A block in which no decoding weight changes (one generate call): `decoding_product` checks each product's
+    weights once in it instead of on every call. Per thread; blocks nest."""
+    previous = getattr(_fixed_weights, "block", None)
+    _fixed_weights.block = object()
+    try:
+        yield
+    finally:
+        _fixed_weights.block = previous
 
 
 def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...], int8: bool = False) -> Product | None:

@@ -107,13 +107,13 @@ class FSPADDraftModel(DraftHead):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocabulary (the full target vocabulary unless a reduced one is set)."""
         parts = self._parts()
-        if self.int8_weights and not torch.is_grad_enabled():
-            lm_head = parts.lm_head
+        if not torch.is_grad_enabled():
+            lm_head, int8 = parts.lm_head, self.int8_weights
             if parts.draft_lm_weight is not None:  # rows copied from lm_head at each attach: keyed on their source
-                return decoding_product(self, "logits", ((parts.draft_lm_weight, None),), int8=True,
+                return decoding_product(self, "logits", ((parts.draft_lm_weight, None),), int8=int8,
                                         source=(lm_head.weight, self.draft_to_target))(hidden_states)
             if is_plain(lm_head):  # cached on the head, not on the target's module
-                return decoding_product(self, "logits", ((lm_head.weight, lm_head.bias),), int8=True)(hidden_states)
+                return decoding_product(self, "logits", ((lm_head.weight, lm_head.bias),), int8=int8)(hidden_states)
         if parts.draft_lm_weight is not None:
             return F.linear(hidden_states, parts.draft_lm_weight)
         return parts.lm_head(hidden_states)

@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from ..default_model import cache_dir
+from ..draft import base
 from ..draft.base import default_int8_weights, int8_weights
 from ..tree import CostCurve, DraftTree, crop_cache, fit_cycle_costs, refit_curve, tree_mask_for, tree_position_ids
 from .common import SpecDecodeStats
@@ -66,10 +67,12 @@ def _shape_json(config) -> str:
 
 
 def cost_key(model, head, int8: bool) -> str:
-    """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version, and whether the
-    head runs on int8 weights (`DraftHead.int8_weights`)."""
+    """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version, whether the
+    head runs on int8 weights (`DraftHead.int8_weights`) and whether its dense products are prepacked
+    (draft/base.py: PACK_WEIGHTS)."""
     parts = ["curve format 4: two contexts, fitted to cycles with a plain step among them",
              _shape_json(model.config), _shape_json(head.config), f"int8 weights: {bool(int8)}",
+             f"prepacked dense products: {base.PACK_WEIGHTS}",
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]

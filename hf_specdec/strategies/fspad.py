@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from ..draft.base import DraftHead, check_int8_weights, int8_weights
+from ..draft.base import DraftHead, check_int8_weights, int8_weights, weights_fixed
 from ..lookup import LOOKUP_CALIBRATION, LOOKUP_CALIBRATION_SAMPLING, LookupTrie, SuffixIndex, lookup_trie
 from ..tree import CostCurve, DraftTree, EstimateCalibration, best_tree_size, expansion_pays, graft, grow_tree, prune_tree
 from ..tree.sizing import batch_expansion_pays, best_batch_tree_size
@@ -376,7 +376,7 @@ def fspad_generate(
             return verify_sampling(tree, scores)
         return verify_greedy(tree, scores)
 
-    with int8_weights(head, int8):
+    with int8_weights(head, int8), weights_fixed():
         if batched:
             return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter,
                                              BatchTreeDrafts(grow, len(input_ids)), verify, logits_processor,
