@@ -7,9 +7,10 @@ import torch
 from transformers import GenerationConfig
 
 from hf_specdec import FSPADDraftModel
-from hf_specdec.draft import base
+from hf_specdec import prepacked
 from hf_specdec.draft.base import (INT8_MAX_ROWS, Product, check_int8_weights, decoding_product, default_int8_weights, int8_rows,
-                                   int8_serves, packing_serves, weights_fixed)
+                                   int8_serves, weights_fixed)
+from hf_specdec.prepacked import packing_serves
 from hf_specdec.strategies.calibration import cost_key
 
 from conftest import tiny_target
@@ -71,7 +72,7 @@ def test_large_dense_products_run_on_prepacked_weights_with_f_linear_values(dtyp
 
 def test_packing_can_be_switched_off(monkeypatch):
     w = torch.randn(960, 576)
-    monkeypatch.setattr(base, "PACK_WEIGHTS", False)
+    monkeypatch.setattr(prepacked, "PACK_WEIGHTS", False)
     x = torch.randn(3, 576)
     assert not packing_serves(w) and torch.equal(Product(w)(x), torch.nn.functional.linear(x, w))
 
@@ -207,5 +208,5 @@ def test_cost_curves_are_kept_per_weight_mode(llama):
 def test_cost_curves_are_kept_per_packing(llama, monkeypatch):
     head = FSPADDraftModel.from_target(llama)
     packed = cost_key(llama, head, False)
-    monkeypatch.setattr(base, "PACK_WEIGHTS", False)
+    monkeypatch.setattr(prepacked, "PACK_WEIGHTS", False)
     assert cost_key(llama, head, False) != packed

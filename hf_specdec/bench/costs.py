@@ -21,6 +21,7 @@ from transformers import DynamicCache
 from ..default_model import default_target
 from ..draft import FSPADDraftModel
 from ..draft.base import check_int8_weights, default_int8_weights
+from ..prepacked import check_prepack
 from ..heads import default_draft
 from ..strategies.calibration import cost_cache_path, cost_curve_for
 from ..strategies.drafters import HeadDrafter
@@ -148,6 +149,9 @@ def calibrate_main(argv=None):
     ap.add_argument("--int8", choices=["default", "on", "off"], default="default",
                     help="the curve for the head on int8 weights (on), on its exact weights (off), or as strategy='fspad' "
                          "runs it by default (draft_int8)")
+    ap.add_argument("--prepack", choices=["default", "on", "off"], default="default",
+                    help="the curve for the target's linear layers prepacked (on) or as F.linear runs them (off), or as "
+                         "strategy='fspad' runs them by default (prepack_target)")
     args = ap.parse_args(argv)
     from ..training.prepare import load_target
 
@@ -156,11 +160,12 @@ def calibrate_main(argv=None):
             else default_draft(model, tok))
     int8 = {"default": None, "on": True, "off": False}[args.int8]
     int8 = default_int8_weights(head) if int8 is None else check_int8_weights(head, int8)
-    curve = cost_curve_for(model, head, refresh=args.refresh, int8=int8)
-    alone = cost_curve_for(model, head, isolated=True, int8=int8)
-    path = cost_cache_path(model, head, int8)
+    prepack = check_prepack(model, {"default": None, "on": True, "off": False}[args.prepack])
+    curve = cost_curve_for(model, head, refresh=args.refresh, int8=int8, prepack=prepack)
+    alone = cost_curve_for(model, head, isolated=True, int8=int8, prepack=prepack)
+    path = cost_cache_path(model, head, int8, prepack)
     print(f"costs for {type(model).__name__} ({args.dtype}, {model.device}, {torch.get_num_threads()} threads, head on "
-          f"{'int8' if int8 else 'exact'} weights), cached as {path}")
+          f"{'int8' if int8 else 'exact'} weights, target {'' if prepack else 'not '}prepacked), cached as {path}")
     print("| tree tokens | " + " | ".join(map(str, curve.sizes)) + " |")
     print("|---" * (len(curve.sizes) + 1) + "|")
     print(f"| verify ms after {curve.context} cached | " + " | ".join(f"{ms:.1f}" for ms in curve.verify_ms) + " |")

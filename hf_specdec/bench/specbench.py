@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..prepacked import prepacked_linears
 from ..strategies.calibration import cost_curve_for
 from ..strategies.spechub import full_tree_size
 from ..tree import EstimateCalibration
@@ -100,11 +101,14 @@ def parse_method(name: str) -> tuple[str, dict]:
     '/context-free' (the cost curve without its long-context measurement: every cycle sized as after 256 tokens),
     '/isolated-costs' (the cost curve of the isolated measurements, not refitted to whole cycles),
     '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/exact' (draft_int8=False:
-    the head on its own weights, not the int8 copies a CPU head drafts from by default), '/head-cost=X' (the
+    the head on its own weights, not the int8 copies a CPU head drafts from by default), '/unpacked'
+    (prepack_target=False: the target's linear layers as F.linear runs them, hf_specdec/prepacked.py), '/head-cost=X' (the
     cost curve with its head steps X times what was measured: how sizing would draft where head steps cost more,
     or less, relative to a verification), '/calibration=PATH', last (estimate_calibration from a JSON of maps,
     {"greedy": {x, y}, "sampling": {x, y}}, the one for the decoding mode; the shipped head's are in its
-    folder's estimate_calibration.json)."""
+    folder's estimate_calibration.json). 'stock/prepacked' and 'pld/prepacked': stock decoding or transformers' prompt
+    lookup with the target's linear layers prepacked as strategy="fspad" runs them by default (what of fspad's
+    speed-up is the packing's)."""
     name, *options = name.split("/")
     extra = {}
     for i, option in enumerate(options):  # a calibration PATH may hold '/': it takes the rest of the name
@@ -112,8 +116,12 @@ def parse_method(name: str) -> tuple[str, dict]:
             options[i:] = ["/".join(options[i:])]
             break
     for option in options:
+        if option == "prepacked" and name in ("stock", "pld"):
+            extra["prepacked_target"] = True
+            continue
         if name.partition("@")[0] not in ("fspad", "eagle2"):
-            raise ValueError(f"Method {name}/{option}: options after '/' follow fspad or eagle2 only.")
+            raise ValueError(f"Method {name}/{option}: options after '/' follow fspad or eagle2 only (stock and pld "
+                             "take '/prepacked').")
         if option == "choose":
             extra["lookup_mode"] = "choose"
         elif option == "raw":
@@ -126,6 +134,8 @@ def parse_method(name: str) -> tuple[str, dict]:
             extra["head_gate"] = True
         elif option == "exact":
             extra["draft_int8"] = False
+        elif option == "unpacked":
+            extra["prepack_target"] = False
         elif option.startswith("head-cost=") and _positive_float(option[10:]):
             extra["head_cost_scale"] = float(option[10:])
         elif option.startswith("calibration=") and option[12:]:
@@ -135,7 +145,7 @@ def parse_method(name: str) -> tuple[str, dict]:
         elif option.startswith("lookup=") and option[7:].isdigit():
             extra["lookup_tokens"] = int(option[7:])
         else:
-            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/isolated-costs', '/head-gate', '/exact', "
+            raise ValueError(f"Method {name}/{option}: options are '/lookup=N' (N >= 0), '/choose', '/raw', '/context-free', '/isolated-costs', '/head-gate', '/exact', '/unpacked', "
                              "'/head-cost=X' (X > 0), '/calibration=PATH' and '/lookup-rates=PATH'.")
     base, tree_kwargs = _parse_base(name)
     return base, {**tree_kwargs, **extra}
@@ -197,9 +207,9 @@ def _parse_base(name: str) -> tuple[str, dict]:
 def method_kwargs(name: str, heads: dict, pld_tokens: int) -> dict:
     base, tree = parse_method(name)
     if base == "stock":
-        return {}
+        return dict(tree)  # its only option: prepacked_target
     if base == "pld":
-        return {"prompt_lookup_num_tokens": pld_tokens}
+        return {"prompt_lookup_num_tokens": pld_tokens, **tree}
     if base in MULTIDRAFT:
         return {"assistant_model": heads["fspad"], "strategy": "spechub", **tree}
     return {"assistant_model": heads[base], "strategy": "fspad", **tree}
@@ -236,7 +246,8 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         if "lookup_rates_file" in kwargs:
             kwargs["lookup_calibration"] = load_lookup_rates(kwargs.pop("lookup_rates_file"), sampling=bool(temperature))
         if context_free or head_cost is not None or isolated:
-            curve = cost_curve_for(target, kwargs["assistant_model"], isolated=isolated, int8=kwargs.get("draft_int8"))
+            curve = cost_curve_for(target, kwargs["assistant_model"], isolated=isolated, int8=kwargs.get("draft_int8"),
+                                   prepack=kwargs.get("prepack_target"))
             if head_cost is not None:
                 curve = dataclasses.replace(curve, head_step_ms=head_cost * curve.head_step_ms,
                                             long_head_step_ms=head_cost * curve.long_head_step_ms)
@@ -246,8 +257,9 @@ def run(target, tokenizer, questions, methods, heads, temperatures, max_new_toke
         track = expected_tau and temperature > 0 and kwargs.get("strategy") == "fspad"
         if track:
             kwargs.update(track_expected_tau=True, return_dict_in_generate=True)
-        out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                              **sampling, **kwargs)
+        with prepacked_linears(target, kwargs.pop("prepacked_target", False)):
+            out = target.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                                  **sampling, **kwargs)
         elapsed = time.perf_counter() - start
         sequences = out.sequences if hasattr(out, "sequences") else out
         new = sequences[0, ids.shape[1]:].tolist()

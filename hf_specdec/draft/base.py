@@ -19,6 +19,8 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attention_forward
 
+from ..prepacked import pack, packed_linear, packing_serves
+
 logger = logging.getLogger(__name__)
 
 _FINGERPRINT_ROWS = 16
@@ -134,22 +136,6 @@ def int8_serves(weight: torch.Tensor) -> bool:
 INT8_MAX_ROWS = 8  # beyond ~4-8 rows the int8 kernel loses to a dense product (`examples/time_head_step.py --int8`)
 
 
-PACK_WEIGHTS = True  # dense decoding products on oneDNN-prepacked weights where `packing_serves`
-# The smallest weight worth prepacking: the prepacked call costs ~18 us however small the weight, F.linear ~6 us
-# for a [64, 128] one; they meet near 256 x 256 (4 rows, warm, 2 threads: 18.4 / 20.2 us in float32, 32.0 / 20.9
-# in bf16; 576 x 576: 73 / 35 and 57 / 27 us; `python examples/time_head_step.py --packing`).
-PACK_MIN_ELEMENTS = 1 << 17
-
-
-def packing_serves(weight: torch.Tensor) -> bool:
-    """Whether a dense decoding product runs on oneDNN's prepacked weight (`torch.ops.mkldnn._linear_pointwise`
-    on W reordered once by `_reorder_linear_weight`): on the CPU, in float32 or bfloat16, in a torch built with
-    oneDNN, for a weight of at least PACK_MIN_ELEMENTS."""
-    return (PACK_WEIGHTS and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
-            and weight.numel() >= PACK_MIN_ELEMENTS and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
-
-
 class Product:
     """x -> x W^T + b over weights prepared once for decoding: W as it is, or weight-only int8 (`scales` set:
     W' = diag(scales) Q, `int8_rows`). A head step multiplies a handful of tokens by every weight it has, so on a
@@ -158,11 +144,10 @@ class Product:
     INT8_MAX_ROWS rows (a prompt's catch-up, an evaluation batch) is multiplied by a dense copy of W' (in the
     scales' dtype, made on first need): the same W' either way.
 
-    A dense product runs on a copy of W (or W') that oneDNN reordered once into its own layout, where that serves
-    (`packing_serves`): F.linear reorders the weight on every call, which for a few rows costs more than the
-    product (SmolLM2's 16k draft rows of the lm_head, 4 rows, cold: bf16 1.40 -> 0.77 ms, float32 6.0 -> 1.2 ms;
-    `python examples/time_head_step.py --int8`). In bf16 the values are F.linear's bit for bit (tested); in
-    float32 oneDNN's sums differ from F.linear's in the last bits."""
+    A dense product runs on a prepacked copy of W (or W') where that serves (hf_specdec/prepacked.py): F.linear
+    reorders the weight on every call, which for a few rows costs more than the product (SmolLM2's 16k draft
+    rows of the lm_head, 4 rows, cold: bf16 1.40 -> 0.77 ms, float32 6.0 -> 1.2 ms). In bf16 the values are
+    F.linear's bit for bit (tested); in float32 they differ from F.linear's in the last bits."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, scales: torch.Tensor | None = None):
         self.weight, self.bias, self.scales = weight, bias, scales
@@ -172,11 +157,9 @@ class Product:
         if self._dense is None:
             w = self.weight if self.scales is None else (
                 self.weight.float() * self.scales.float()[:, None]).to(self.scales.dtype)
-            self._dense = (w, torch.ops.mkldnn._reorder_linear_weight(w, INT8_MAX_ROWS) if packing_serves(w) else None)
+            self._dense = (w, pack(w) if packing_serves(w) else None)
         w, packed = self._dense
-        if packed is None:
-            return F.linear(x, w, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        return F.linear(x, w, self.bias) if packed is None else packed_linear(x, packed, self.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.scales is None or x.numel() > INT8_MAX_ROWS * x.shape[-1]:

@@ -26,8 +26,9 @@ import torch
 from transformers import DynamicCache
 
 from ..default_model import cache_dir
-from ..draft import base
+from .. import prepacked
 from ..draft.base import default_int8_weights, int8_weights
+from ..prepacked import check_prepack, prepacked_linears
 from ..tree import CostCurve, DraftTree, crop_cache, fit_cycle_costs, refit_curve, tree_mask_for, tree_position_ids
 from .common import SpecDecodeStats
 from .drafters import HeadDrafter
@@ -66,13 +67,13 @@ def _shape_json(config) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def cost_key(model, head, int8: bool) -> str:
+def cost_key(model, head, int8: bool, prepack: bool = False) -> str:
     """What the costs depend on: the two networks' shapes, device, dtype, threads, torch version, whether the
-    head runs on int8 weights (`DraftHead.int8_weights`) and whether its dense products are prepacked
-    (draft/base.py: PACK_WEIGHTS)."""
+    head runs on int8 weights (`DraftHead.int8_weights`), whether its dense products are prepacked
+    (hf_specdec/prepacked.py: PACK_WEIGHTS) and whether the target's are (`prepack`)."""
     parts = ["curve format 4: two contexts, fitted to cycles with a plain step among them",
              _shape_json(model.config), _shape_json(head.config), f"int8 weights: {bool(int8)}",
-             f"prepacked dense products: {base.PACK_WEIGHTS}",
+             f"prepacked dense products: {prepacked.PACK_WEIGHTS}", f"prepacked target: {bool(prepack)}",
              str(model.device), str(model.dtype), str(torch.get_num_threads()), torch.__version__,
              model.config._attn_implementation]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -165,7 +166,7 @@ class _CycleClock:
 
 @torch.no_grad()
 def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: int = CYCLES,
-                rounds: int = CYCLE_ROUNDS) -> list[tuple[int, int, int, float]]:
+                rounds: int = CYCLE_ROUNDS, prepack: bool = False) -> list[tuple[int, int, int, float]]:
     """Whole cycles of strategy="fspad" with each fixed tree shape (no lookup drafts; PLAIN_CYCLE: a plain
     decoding step), greedy on a random prompt
     of `prefix` tokens: per shape (tree tokens, head steps per cycle incl. the catch-up, cached tokens, median
@@ -189,7 +190,7 @@ def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: 
                     else dict(tree_top_k=top_k, tree_depth=depth, tree_total_tokens=total))
             out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
                                  assistant_model=head, strategy="fspad", lookup_tokens=0, streamer=clock,
-                                 draft_int8=bool(head.int8_weights), **tree)
+                                 draft_int8=bool(head.int8_weights), prepack_target=prepack, **tree)
             # chunks: the prompt, the prefill's token, then one per cycle
             times = clock.times[2:] if len(clock.times) > 3 else clock.times[1:]
             spans[shape] += [(b - a) * 1000 for a, b in zip(times, times[1:])]
@@ -200,9 +201,9 @@ def time_cycles(model, head, shapes=CYCLE_SHAPES, prefix: int = PREFIX, cycles: 
             for shape in shapes if spans[shape]]
 
 
-def fitted_curve(model, head, isolated: CostCurve) -> tuple[CostCurve, dict]:
+def fitted_curve(model, head, isolated: CostCurve, prepack: bool = False) -> tuple[CostCurve, dict]:
     """The isolated curve refitted to whole cycles (`time_cycles`), and a record of the fit."""
-    rows = time_cycles(model, head)
+    rows = time_cycles(model, head, prepack=prepack)
     if len(rows) < 3:  # a draft that is always accepted leaves too few timed cycles to fit
         logger.warning("hf_specdec: too few timed cycles (%d) to refit the cost curve; using the isolated one", len(rows))
         return isolated, {"level": 1.0, "slope": 1.0, "head": 1.0, "cycles": [], "unfitted": True}
@@ -220,35 +221,41 @@ def fitted_curve(model, head, isolated: CostCurve) -> tuple[CostCurve, dict]:
     return curve, record
 
 
-def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False, int8: bool | None = None) -> CostCurve:
+def cost_curve_for(model, head, refresh: bool = False, isolated: bool = False, int8: bool | None = None,
+                   prepack: bool | None = None) -> CostCurve:
     """The cached curve for this (target, head, device, dtype, threads), measured on first use: fitted to whole
     cycles, or with `isolated` the curve of the isolated measurements alone (for comparisons). `int8`: for the
-    head on int8 weights or not (default: as strategy="fspad" runs it by default, `default_int8_weights`)."""
+    head on int8 weights or not (default: as strategy="fspad" runs it by default, `default_int8_weights`);
+    `prepack`: for the target on prepacked weights or not (default: generate's, `check_prepack`)."""
     int8 = default_int8_weights(head) if int8 is None else int8
-    key = cost_key(model, head, int8)
+    prepack = check_prepack(model, None) if prepack is None else prepack
+    key = cost_key(model, head, int8, prepack)
     with _MEASURING:  # concurrent first calls measure once, not side by side (which would time contention)
         if key not in _MEMORY or refresh:
             with int8_weights(head, int8):  # measured as it will decode
-                _MEMORY[key] = _load_or_measure(model, head, cost_cache_path(model, head, int8), refresh)
+                _MEMORY[key] = _load_or_measure(model, head, cost_cache_path(model, head, int8, prepack), refresh,
+                                                prepack)
     fitted, alone = _MEMORY[key]
     return alone if isolated else fitted
 
 
-def cost_cache_path(model, head, int8: bool | None = None):
+def cost_cache_path(model, head, int8: bool | None = None, prepack: bool | None = None):
     """The cache file of this pair's curves: the fitted curve, its "isolated" one and the "cycle_fit" record
-    (`int8` as in `cost_curve_for`)."""
+    (`int8`, `prepack` as in `cost_curve_for`)."""
     int8 = default_int8_weights(head) if int8 is None else int8
-    return cache_dir() / "costs" / f"{cost_key(model, head, int8)}.json"
+    prepack = check_prepack(model, None) if prepack is None else prepack
+    return cache_dir() / "costs" / f"{cost_key(model, head, int8, prepack)}.json"
 
 
-def _load_or_measure(model, head, path, refresh: bool) -> tuple[CostCurve, CostCurve]:
+def _load_or_measure(model, head, path, refresh: bool, prepack: bool) -> tuple[CostCurve, CostCurve]:
     if path.is_file() and not refresh:
         stored = json.loads(path.read_text())
         return CostCurve.from_dict(stored), CostCurve.from_dict(stored["isolated"])
     logger.warning("hf_specdec: measuring this machine's verification and head-step costs once (seconds; cached "
                    "in %s)", path)
-    alone = measure_costs(model, head)
-    curve, record = fitted_curve(model, head, alone)
+    with prepacked_linears(model, prepack):
+        alone = measure_costs(model, head)
+    curve, record = fitted_curve(model, head, alone, prepack)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # whole or absent for another process reading it
     tmp.write_text(json.dumps({**curve.to_dict(), "isolated": alone.to_dict(), "cycle_fit": record}, indent=1))

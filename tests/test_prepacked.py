@@ -1,0 +1,112 @@
+"""The target's linear layers on oneDNN-prepacked weights (hf_specdec/prepacked.py; strategy="fspad"'s
+prepack_target): which layers switch, that they switch back, bf16 values bit for bit F.linear's, generate's
+outputs unchanged, and the default's memory bound."""
+
+import logging
+
+import pytest
+import torch
+
+from hf_specdec import FSPADDraftModel, prepacked
+from hf_specdec.prepacked import check_prepack, packable_bytes, prepacked_linears
+
+from conftest import tiny_target
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a torch built without oneDNN")
+
+# MLP weights of 256 x 512 = 2^17 elements: packed; attention's 256 x 256 and the 128-token lm_head: not
+WIDE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return tiny_target("llama", **WIDE)
+
+
+def switched(model):
+    return [name for name, m in model.named_modules() if "forward" in m.__dict__]
+
+
+def test_large_plain_linears_switch_for_the_block_and_back(wide):
+    expected = sorted(f"model.layers.{i}.mlp.{p}" for i in range(wide.config.num_hidden_layers)
+                      for p in ("gate_proj", "up_proj", "down_proj"))
+    with torch.no_grad(), prepacked_linears(wide) as layers:
+        assert sorted(switched(wide)) == expected and len(layers) == len(expected)
+        with prepacked_linears(wide) as inner:  # nested: the enclosing block keeps them
+            assert inner == []
+        assert sorted(switched(wide)) == expected
+    assert switched(wide) == []
+    with prepacked_linears(wide) as layers:  # gradients on: the packed product has no backward
+        assert layers == []
+    with torch.no_grad(), prepacked_linears(wide, enabled=False) as layers:
+        assert layers == []
+
+
+def test_a_hooked_layer_is_left_alone(wide):
+    layer = wide.model.layers[0].mlp.up_proj
+    handle = layer.register_forward_hook(lambda *args: None)
+    try:
+        with torch.no_grad(), prepacked_linears(wide):
+            assert "model.layers.0.mlp.up_proj" not in switched(wide)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_prepacked_forward_is_f_linears(wide, dtype):
+    model = tiny_target("llama", **WIDE).to(dtype)
+    ids = torch.randint(1, 128, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(ids).logits
+        with prepacked_linears(model):
+            packed = model(ids).logits
+    if dtype == torch.bfloat16:
+        assert torch.equal(packed, plain)
+    else:  # oneDNN's float32 sums run in another order than MKL's
+        torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-4)
+
+
+def test_packed_copies_are_kept_until_a_weight_changes(wide):
+    layer = wide.model.layers[0].mlp.gate_proj
+    with torch.no_grad():
+        with prepacked_linears(wide):
+            first = layer.__dict__["_prepacked"][1]
+        with prepacked_linears(wide):
+            assert layer.__dict__["_prepacked"][1] is first
+        layer.weight.mul_(1.0)  # in place: the version moves
+        with prepacked_linears(wide):
+            assert layer.__dict__["_prepacked"][1] is not first
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fspad_outputs_are_stocks_with_the_target_prepacked(dtype):
+    model = tiny_target("llama", **WIDE).to(dtype)
+    torch.manual_seed(3)
+    head = FSPADDraftModel.from_target(model).eval()
+    ids = torch.randint(1, 128, (1, 12), generator=torch.Generator().manual_seed(4))
+    stock = model.generate(ids, max_new_tokens=24, do_sample=False)
+    for prepack in (None, True, False):
+        out = model.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=24, prepack_target=prepack,
+                             tree_top_k=4, tree_depth=3, tree_total_tokens=12)
+        assert torch.equal(out, stock)
+        assert switched(model) == []
+    assert "_prepacked" in model.model.layers[0].mlp.up_proj.__dict__
+
+
+def test_the_default_packs_within_the_memory_bound_and_says_so(wide, monkeypatch, caplog):
+    assert packable_bytes(wide) == 3 * wide.config.num_hidden_layers * 256 * 512 * 4
+    prepacked._log_decision.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="hf_specdec.prepacked"):
+        assert check_prepack(wide, None) is True
+    assert "prepacked weights" in caplog.text and "prepack_target=False" in caplog.text
+    monkeypatch.setattr(prepacked, "PREPACK_DEFAULT_MAX_BYTES", 1024)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_specdec.prepacked"):
+        assert check_prepack(wide, None) is False and check_prepack(wide, True) is True
+    assert "prepack_target=True packs them" in caplog.text
+    assert check_prepack(wide, False) is False
+    assert check_prepack(tiny_target("llama"), None) is False  # nothing large enough to pack
+    with pytest.raises(TypeError, match="prepack_target must be True, False or None"):
+        check_prepack(wide, "yes")
+    monkeypatch.setattr(prepacked, "PACK_WEIGHTS", False)
+    assert check_prepack(wide, True) is False and packable_bytes(wide) == 0
