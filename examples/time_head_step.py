@@ -6,6 +6,8 @@ per code version, alternating, in separate processes.
     python examples/time_head_step.py --ops      # what single small ops cost on this CPU, one thread
     python examples/time_head_step.py --tiny --compile   # the same step with the head's forward torch.compile'd
     python examples/time_head_step.py --int8     # the head's products: bf16 / float32 F.linear against int8 weights
+    python examples/time_head_step.py --packing  # F.linear against oneDNN-prepacked weights: single products by
+                                                 # size, and the embedded target's whole forward (hf_specdec/prepacked.py)
 """
 
 import argparse
@@ -69,6 +71,60 @@ def time_int8_products(rounds: int = 5, calls: int = 200) -> None:
                   f"{median_us(lambda: F.linear(x.float(), wf)):.0f} |")
 
 
+def time_packing(rounds: int = 5, calls: int = 2000) -> None:
+    """1. Microseconds per product of 4 rows, F.linear against `packed_linear` on weights of growing size (warm,
+    the threshold PACK_MIN_ELEMENTS); 2. ms per forward of the embedded SmolLM2 over 1, 4 and 16 tree tokens
+    after 300 cached ones, plain against `prepacked_linears` (medians of 7 interleaved rounds), bf16 and float32."""
+    import hf_specdec
+    from hf_specdec.prepacked import pack, packed_linear, prepacked_linears
+    from hf_specdec.tree import DraftTree, crop_cache, tree_position_ids
+
+    def median_us(fn):
+        for _ in range(50):
+            fn()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - start) / calls * 1e6)
+        return statistics.median(times)
+
+    print("| dtype | weight [N, K] | F.linear us | prepacked us |\n|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, k in ((128, 64), (256, 256), (576, 576), (1536, 576), (3072, 576)):
+            w, x = torch.randn(n, k).to(dtype), torch.randn(1, 4, k).to(dtype)
+            packed = pack(w)
+            print(f"| {dtype} | [{n}, {k}] | {median_us(lambda: F.linear(x, w)):.1f} | "
+                  f"{median_us(lambda: packed_linear(x, packed, None)):.1f} |")
+    cached = 300
+    print("\n| dtype | target forward | plain ms | prepacked ms |\n|---|---|---|---|")
+    for dtype in (torch.bfloat16, torch.float32):
+        target, _ = hf_specdec.default_target(dtype=dtype)
+        ids = torch.randint(0, target.config.vocab_size, (1, cached), generator=torch.Generator().manual_seed(0))
+        cache = DynamicCache(config=target.config)
+        with torch.no_grad():
+            target(input_ids=ids, past_key_values=cache, use_cache=True)
+
+            def forward(n):
+                tree = DraftTree.from_parents(ids[:, :n], torch.tensor([[-1] + [max(0, i - 4) for i in range(1, n)]]))
+                mask = tree_attention_mask(tree.ancestors, cached, dtype) if n > 1 else None
+                target(input_ids=tree.tokens, past_key_values=cache, use_cache=True, attention_mask=mask,
+                       position_ids=tree_position_ids(tree.depths, cached))
+                crop_cache(cache, cached)
+
+            times = {(p, n): [] for p in (False, True) for n in (1, 4, 16)}
+            for _ in range(7):
+                for p, n in times:
+                    with prepacked_linears(target, p):
+                        start = time.perf_counter()
+                        forward(n)
+                        times[p, n].append((time.perf_counter() - start) * 1e3)
+        for n in (1, 4, 16):
+            print(f"| {dtype} | {n} tokens | {statistics.median(times[False, n]):.1f} | "
+                  f"{statistics.median(times[True, n]):.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers' shape, float32 (host cost only)")
@@ -76,6 +132,7 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ops", action="store_true", help="time single small ops instead")
     ap.add_argument("--int8", action="store_true", help="time the head's products on bf16, float32 and int8 weights")
+    ap.add_argument("--packing", action="store_true", help="time F.linear against oneDNN-prepacked weights")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the head's forward (dynamic shapes; its compile time is printed, not timed)")
     args = ap.parse_args()
@@ -83,6 +140,8 @@ def main():
         return time_ops()
     if args.int8:
         return time_int8_products()
+    if args.packing:
+        return time_packing()
     torch.manual_seed(0)
     if args.tiny:
         config, dtype, cached = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
