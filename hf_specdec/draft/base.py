@@ -99,8 +99,9 @@ def is_plain(module: nn.Module, kind: type = nn.Linear) -> bool:
 
 def linear(module: nn.Module, x: torch.Tensor, int8: bool = False) -> torch.Tensor:
     """`module(x)`, by F.linear directly where that is all the call would do (`is_plain`): a head step calls a
-    dozen projections on a handful of tokens, and a module call costs about what such a product does. With
-    `int8`, while decoding (no gradients), by the module's weight-only int8 `decoding_product`."""
+    dozen projections on a handful of tokens, and a module call costs about what such a product does. While
+    decoding (no gradients), by the module's `decoding_product`: prepacked where that serves, and weight-only
+    int8 with `int8`."""
     if is_plain(module):
         if not torch.is_grad_enabled():
             return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)(x)
@@ -284,7 +285,8 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
 DRAFT_INT8 = True  # strategy="fspad"'s default where it serves and pays; measured (README, "Int8 head weights")
 # The head dtypes whose int8 step measured faster than the exact one on the CPU. bf16: a cold SmolLM2 head step
 # 4.61 -> 3.25 ms; float32: 11.8 -> 31.7 ms, torch's float32-activation int8 kernel being far slower than its
-# float32 GEMM (`hf-specdec calibrate --dtype float32 --int8 on|off`, 2026-12-07), so a float32 head drafts from exact weights.
+# float32 GEMM (2026-12-07, before the head was prepacked; `hf-specdec calibrate --int8 on|off` prints it): a float32
+# head drafts exact.
 DRAFT_INT8_DTYPES = (torch.bfloat16,)
 
 
