@@ -66,12 +66,14 @@ def _plain_linear(module: nn.Module) -> bool:
 
 
 def _packed_forward(module: nn.Linear):
-    """The layer's packed copy, made anew when its weight changed (storage or version), and a forward on it."""
+    """The layer's packed copy, made anew when its weight changed (storage or version), and a forward on it. The
+    kept entry holds the packed weight's storage too, so that its address cannot come back under other values
+    (a weight replaced twice) and pass for it."""
     weight = module.weight
     key = (weight.data_ptr(), weight._version, weight.dtype)
     kept = module.__dict__.get("_prepacked")
     if kept is None or kept[0] != key:
-        kept = module.__dict__["_prepacked"] = (key, pack(weight))
+        kept = module.__dict__["_prepacked"] = (key, pack(weight), weight.detach())
     packed, bias = kept[1], module.bias
     return lambda x: packed_linear(x, packed, bias)
 

@@ -75,7 +75,14 @@ def test_packed_copies_are_kept_until_a_weight_changes(wide):
             assert layer.__dict__["_prepacked"][1] is first
         layer.weight.mul_(1.0)  # in place: the version moves
         with prepacked_linears(wide):
-            assert layer.__dict__["_prepacked"][1] is not first
+            second = layer.__dict__["_prepacked"][1]
+            assert second is not first
+        for _ in range(2):  # replaced twice: a freed address must not pass for the packed one
+            layer.weight.data = torch.randn_like(layer.weight)
+        with prepacked_linears(wide):
+            assert layer.__dict__["_prepacked"][1] is not second
+            torch.testing.assert_close(layer(torch.ones(1, 256)), torch.ones(1, 256) @ layer.weight.T, rtol=1e-5,
+                                       atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
