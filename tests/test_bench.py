@@ -95,6 +95,12 @@ def test_method_names_with_tree_shapes():
     with pytest.raises(SystemExit):
         specbench.main(["--methods", "stock", "pld@1,2,3"])
     assert specbench.parse_method("fspad/lookup=0") == ("fspad", {"lookup_tokens": 0})
+    assert specbench.parse_method("fspad/unpacked") == ("fspad", {"prepack_target": False})
+    assert specbench.parse_method("spechub@7/unpacked")[1]["prepack_target"] is False
+    assert specbench.method_kwargs("stock/prepacked", {}, 10) == {"prepacked_target": True}
+    assert specbench.method_kwargs("pld/prepacked", {}, 10) == {"prompt_lookup_num_tokens": 10, "prepacked_target": True}
+    with pytest.raises(ValueError, match="stock and pld take '/prepacked'"):
+        specbench.parse_method("stock/unpacked")
     assert specbench.parse_method("fspad@4,4,16/lookup=12/choose") == (
         "fspad", {"tree_top_k": 4, "tree_depth": 4, "tree_total_tokens": 16, "lookup_tokens": 12, "lookup_mode": "choose"})
     assert specbench.parse_method("fspad/lookup=0/raw") == ("fspad", {"lookup_tokens": 0, "estimate_calibration": False})

@@ -117,3 +117,21 @@ def test_the_default_packs_within_the_memory_bound_and_says_so(wide, monkeypatch
         check_prepack(wide, "yes")
     monkeypatch.setattr(prepacked, "PACK_WEIGHTS", False)
     assert check_prepack(wide, True) is False and packable_bytes(wide) == 0
+
+
+def test_spechub_samples_the_same_with_the_target_prepacked():
+    """bf16: prepacked values are F.linear's, so with one seed the sampled output is the same token for token."""
+    model = tiny_target("llama", **WIDE).to(torch.bfloat16)
+    torch.manual_seed(3)
+    head = FSPADDraftModel.from_target(model).eval()
+    ids = torch.randint(1, 128, (1, 12), generator=torch.Generator().manual_seed(4))
+    outs = []
+    for prepack in (True, False):
+        torch.manual_seed(7)
+        outs.append(model.generate(ids, assistant_model=head, strategy="spechub", do_sample=True, max_new_tokens=20,
+                                   prepack_target=prepack))
+        assert switched(model) == []
+    assert torch.equal(*outs)
+    assert "_prepacked" in model.model.layers[0].mlp.up_proj.__dict__
+    with pytest.raises(TypeError, match="prepack_target"):
+        model.generate(ids, assistant_model=head, strategy="spechub", do_sample=True, max_new_tokens=2, prepack_target=1)

@@ -102,7 +102,8 @@ def parse_method(name: str) -> tuple[str, dict]:
     '/isolated-costs' (the cost curve of the isolated measurements, not refitted to whole cycles),
     '/head-gate' (head_gate=True: cycles may skip a head whose recent drafts did not pay), '/exact' (draft_int8=False:
     the head on its own weights, not the int8 copies a CPU head drafts from by default), '/unpacked'
-    (prepack_target=False: the target's linear layers as F.linear runs them, hf_specdec/prepacked.py), '/head-cost=X' (the
+    (prepack_target=False: the target's linear layers as F.linear runs them, hf_specdec/prepacked.py; spechub / rrs /
+    rrsw take it too), '/head-cost=X' (the
     cost curve with its head steps X times what was measured: how sizing would draft where head steps cost more,
     or less, relative to a verification), '/calibration=PATH', last (estimate_calibration from a JSON of maps,
     {"greedy": {x, y}, "sampling": {x, y}}, the one for the decoding mode; the shipped head's are in its
@@ -118,6 +119,9 @@ def parse_method(name: str) -> tuple[str, dict]:
     for option in options:
         if option == "prepacked" and name in ("stock", "pld"):
             extra["prepacked_target"] = True
+            continue
+        if option == "unpacked" and name.partition("@")[0] in MULTIDRAFT:
+            extra["prepack_target"] = False
             continue
         if name.partition("@")[0] not in ("fspad", "eagle2"):
             raise ValueError(f"Method {name}/{option}: options after '/' follow fspad or eagle2 only (stock and pld "

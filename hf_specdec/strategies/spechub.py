@@ -24,8 +24,9 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
-from ..draft.base import DraftHead
+from ..draft.base import DraftHead, weights_fixed
 from ..multidraft import VERIFIERS
+from ..prepacked import check_prepack, prepacked_linears
 from ..tree import grow_sampled_tree, grow_sampled_trees
 from ..verification import verify_multidraft
 from .common import SpecDecodeStats, check_tree_numbers
@@ -72,13 +73,15 @@ def spechub_generate(
     drafts_per_node: int = DEFAULT_DRAFTS_PER_NODE,
     tree_depth: int = DEFAULT_DEPTH,
     tree_total_tokens: int | None = None,
+    prepack_target: bool | None = None,
     synced_gpus: bool = False,
     **model_kwargs,
 ):
     """Multi-draft speculative sampling. `model.generate(ids, assistant_model=draft, strategy="spechub",
     do_sample=True, ...)` with `verifier="spechub" | "rrs" | "rrsw"`, `drafts_per_node` (children per
     expanded node), `tree_depth` and `tree_total_tokens` (node budget, root included; default: the full
-    tree)."""
+    tree). `prepack_target`: the target's linear layers on prepacked weights, as for strategy="fspad"
+    (hf_specdec/prepacked.py; default: on for a CPU target whose copy stays within 4 GiB)."""
     if not generation_config.do_sample:
         raise ValueError(
             "strategy='spechub' is a sampling method: pass do_sample=True (with temperature / top_p / top_k). "
@@ -102,6 +105,7 @@ def spechub_generate(
         )
     cache, padding, prompt = open_request("spechub", model, input_ids, generation_config, synced_gpus, model_kwargs,
                                           draft=draft_model, batched=isinstance(draft_model, DraftHead))
+    prepack = check_prepack(model, prepack_target)
     stats = SpecDecodeStats()
     if isinstance(draft_model, DraftHead):
         draft_model.attach_target(model, tokenizer=tokenizer)
@@ -135,7 +139,9 @@ def spechub_generate(
             return grow_sampled_trees(drafter.expand(slots), draft_probs, rule.sample, roots, log_probs, feature,
                                       width, depth, total, rule.distinct)
 
-        return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter, RowsWithoutState(grow_rows), verify,
-                                         logits_processor, stopping_criteria, generation_config, stats)
-    return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
-                             stopping_criteria, generation_config, streamer, stats)
+        with prepacked_linears(model, prepack), weights_fixed():
+            return run_batched_tree_decoding(model, input_ids, prompt, cache, drafter, RowsWithoutState(grow_rows),
+                                             verify, logits_processor, stopping_criteria, generation_config, stats)
+    with prepacked_linears(model, prepack), weights_fixed():
+        return run_tree_decoding(model, prompt, padding, cache, drafter, grow, verify, logits_processor,
+                                 stopping_criteria, generation_config, streamer, stats)
