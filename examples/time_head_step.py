@@ -39,6 +39,19 @@ def time_ops(calls: int = 5000) -> None:
         print(f"{name}: {(time.perf_counter() - start) / calls * 1e6:.1f} us")
 
 
+def median_call_us(fn, rounds: int, calls: int, warm_up: int) -> float:
+    """Median over `rounds` of the mean microseconds per call of `fn` over `calls` calls, after `warm_up` calls."""
+    for _ in range(warm_up):
+        fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times)
+
+
 def time_int8_products(rounds: int = 5, calls: int = 200) -> None:
     """Median microseconds per call of SmolLM2-sized head products (the 16k lm_head rows, gate / up, down) for a
     few row counts: F.linear on bf16 and float32 weights against `Product` on int8 weights (hf_specdec.draft.base;
@@ -46,15 +59,7 @@ def time_int8_products(rounds: int = 5, calls: int = 200) -> None:
     from hf_specdec.draft.base import INT8_MAX_ROWS, Product, int8_rows
 
     def median_us(fn):
-        for _ in range(20):
-            fn()
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times.append((time.perf_counter() - start) / calls * 1e6)
-        return statistics.median(times)
+        return median_call_us(fn, rounds, calls, warm_up=20)
 
     print("| weight [N, K] | rows | bf16 | int8 | float32 |\n|---|---|---|---|---|")
     torch.manual_seed(0)
@@ -80,15 +85,7 @@ def time_packing(rounds: int = 5, calls: int = 2000) -> None:
     from hf_specdec.tree import DraftTree, crop_cache, tree_position_ids
 
     def median_us(fn):
-        for _ in range(50):
-            fn()
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times.append((time.perf_counter() - start) / calls * 1e6)
-        return statistics.median(times)
+        return median_call_us(fn, rounds, calls, warm_up=50)
 
     print("| dtype | weight [N, K] | F.linear us | prepacked us |\n|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):

@@ -59,10 +59,17 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _plain_linear(module: nn.Module) -> bool:
-    """Exactly nn.Linear: no subclass (a PEFT or quantized layer), no forward patched onto it, no hooks."""
-    return (type(module) is nn.Linear and "forward" not in module.__dict__
-            and not (module._forward_hooks or module._forward_pre_hooks))
+def is_plain(module: nn.Module, kind: type = nn.Linear) -> bool:
+    """Whether calling `module` runs exactly `kind.forward` and nothing else: an instance of `kind` itself (not a
+    PEFT LoRA layer or another subclass), with no hooks of its own or global ones and no forward patched onto the
+    instance (accelerate's hooks do that). Only then may a head step skip the module call, or a
+    block give it a forward on prepacked weights."""
+    hooks = nn.modules.module
+    return (type(module) is kind and "forward" not in module.__dict__
+            and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                     or module._backward_pre_hooks)
+            and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                     or hooks._global_backward_hooks or hooks._global_backward_pre_hooks))
 
 
 def _packed_forward(module: nn.Linear):
@@ -91,7 +98,7 @@ def prepacked_linears(model: nn.Module, enabled: bool = True):
     if enabled and PACK_WEIGHTS and not torch.is_grad_enabled():
         with _switching:
             for module in model.modules():
-                if _plain_linear(module) and packing_serves(module.weight):
+                if is_plain(module) and packing_serves(module.weight):
                     module.forward = _packed_forward(module)
                     switched.append(module)
     try:
@@ -105,7 +112,7 @@ def prepacked_linears(model: nn.Module, enabled: bool = True):
 def packable_bytes(model: nn.Module) -> int:
     """The bytes `prepacked_linears(model)` would keep: the weights of its layers that it switches."""
     return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
-               if _plain_linear(m) and packing_serves(m.weight))
+               if is_plain(m) and packing_serves(m.weight))
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attention_forward
 
-from ..prepacked import pack, packed_linear, packing_serves
+from ..prepacked import is_plain, pack, packed_linear, packing_serves  # noqa: F401  (is_plain: re-export)
 
 logger = logging.getLogger(__name__)
 
@@ -83,18 +83,6 @@ def rotate_query_key(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, 
     half = cos.shape[-1] // 2
     cos, sin_signed = cos[:, None], (signed_sin(sin) if sin_signed is None else sin_signed)[:, None]
     return (query * cos + query.roll(half, -1) * sin_signed, key * cos + key.roll(half, -1) * sin_signed)
-
-
-def is_plain(module: nn.Module, kind: type = nn.Linear) -> bool:
-    """Whether calling `module` runs exactly `kind.forward` and nothing else: an instance of `kind` itself (not a
-    PEFT LoRA layer or another subclass), with no hooks of its own or global ones and no forward patched onto the
-    instance (accelerate's hooks do that). Only then may a head step skip the module call."""
-    hooks = nn.modules.module
-    return (type(module) is kind and "forward" not in module.__dict__
-            and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                     or module._backward_pre_hooks)
-            and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks
-                     or hooks._global_backward_hooks or hooks._global_backward_pre_hooks))
 
 
 def linear(module: nn.Module, x: torch.Tensor, int8: bool = False) -> torch.Tensor:
