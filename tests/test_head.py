@@ -149,7 +149,7 @@ def test_loaded_head_computes_what_the_saved_one_did(llama, tmp_path):
 def test_head_rms_norm_is_llama_rms_norm_bit_for_bit(dtype):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from hf_specdec.draft.base import rms_norm
+    from hf_specdec.draft.base import DecodingNorm, rms_norm
 
     torch.manual_seed(1)
     for width, shape in ((64, (1, 1)), (64, (3, 16)), (576, (1, 7)), (576, (2, 300))):
@@ -157,6 +157,7 @@ def test_head_rms_norm_is_llama_rms_norm_bit_for_bit(dtype):
         norm.weight.data = torch.randn(width).to(dtype)
         x = (torch.randn(*shape, width) * 3).to(dtype)
         assert torch.equal(rms_norm(norm, x), norm(x))
+        assert torch.equal(DecodingNorm(norm)(x), norm(x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -225,7 +226,8 @@ def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant):
     change (an optimizer step) instead of serving stale ones."""
     from transformers import DynamicCache
 
-    from hf_specdec.tree import tree_attention_mask
+    from hf_specdec.draft.base import weights_fixed
+    from hf_specdec.tree import GrowingCache, tree_attention_mask
 
     torch.manual_seed(3)
     head = FSPADDraftModel.from_target(llama, variant=variant).eval()
@@ -235,21 +237,60 @@ def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant):
                                               [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), 3, torch.float32)
     pos = torch.tensor([[3, 4, 4, 5, 6]])
 
-    def step(grad: bool):
-        cache = DynamicCache()
+    def step(grad: bool, cache_type=DynamicCache):
+        cache = cache_type()
         with torch.set_grad_enabled(grad):
             head(input_ids=prefix_ids, features=prefix_feats, cache=cache, max_position=3)
             out = head(input_ids=ids, features=feats, position_ids=pos, attention_mask=mask, cache=cache, max_position=7)
         return out.hidden_states.detach(), out.features.detach()
 
+    def fixed_step():  # as generate runs it: parts resolved once per block, the drafters' in-place cache
+        with weights_fixed():
+            step(grad=False, cache_type=GrowingCache)
+            return step(grad=False, cache_type=GrowingCache)
+
     for _ in range(2):
-        decoding, modules = step(grad=False), step(grad=True)
+        decoding, modules, fixed = step(grad=False), step(grad=True), fixed_step()
         assert all(torch.equal(a, b) for a, b in zip(decoding, modules))
+        assert all(torch.equal(a, b) for a, b in zip(fixed, modules))
         assert set(head.self_attn.__dict__["_stacked_linears"]) == {"qkv"}
         with torch.no_grad():
             head.self_attn.k_proj.weight.add_(0.05)
             head.up_proj.weight.mul_(1.5)
     assert not torch.equal(decoding[0], step(grad=False)[0])  # the second round saw the changed weights
+
+
+def test_a_head_resolves_its_decoding_step_once_per_weights_fixed_block(llama):
+    """Inside one `weights_fixed` block (one generate call) a head resolves what its step multiplies by once and
+    reuses it: a hook added inside the block is not seen (the block promises fixed weights and modules), the next
+    block sees it. A switch of the attention implementation inside the block (the tree strategies switch it when a
+    call starts) is followed at once."""
+    from hf_specdec.draft.base import weights_fixed
+
+    torch.manual_seed(6)
+    head = FSPADDraftModel.from_target(llama).eval()
+    ids, feats = torch.tensor([[5, 9, 11]]), torch.randn(1, 3, 64)
+    calls = []
+    with torch.no_grad():
+        plain = head(input_ids=ids, features=feats).features
+        with weights_fixed():
+            head(input_ids=ids, features=feats)
+            parts = head.__dict__["_decoding_parts"]["step"][2]
+            handle = head.down_proj.register_forward_hook(lambda mod, args, out: calls.append(1) or out * 2)
+            assert torch.equal(head(input_ids=ids, features=feats).features, plain) and not calls
+            assert head.__dict__["_decoding_parts"]["step"][2] is parts
+        with weights_fixed():
+            assert not torch.allclose(head(input_ids=ids, features=feats).features, plain) and calls
+        handle.remove()
+        with weights_fixed():
+            one = head(input_ids=ids[:, :1], features=feats[:, :1]).features
+            parts = head.__dict__["_decoding_parts"]["step"][2]
+            head.set_attn_implementation("eager")
+            eager = head(input_ids=ids[:, :1], features=feats[:, :1]).features  # one token: eager needs no mask
+            assert head.__dict__["_decoding_parts"]["step"][2] is not parts
+            assert head.__dict__["_decoding_parts"]["step"][2].attention.attention.__name__ == "eager_attention_forward"
+            assert torch.allclose(eager, one, atol=1e-6)
+            head.set_attn_implementation("sdpa")
 
 
 def test_decoding_head_step_runs_hooks_and_adapters_on_its_projections(llama):

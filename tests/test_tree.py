@@ -6,6 +6,7 @@ from transformers import DynamicCache
 
 from hf_specdec.tree import (
     DraftTree,
+    GrowingCache,
     check_compactable,
     compact_cache,
     crop_cache,
@@ -153,6 +154,38 @@ def test_compact_and_crop_cache():
     compact_cache(cache, 3, torch.tensor([0]))
     assert cache.get_seq_length() == 4
     assert cache.layers[2].keys[0, 0, :, 0].tolist() == [v + 2 for v in (0, 1, 2, 0)]
+
+
+def test_growing_cache_returns_what_a_dynamic_cache_does():
+    """A head's cache written in place (GrowingCache) holds and returns, after any sequence of updates and crops
+    across its growth (256, then doubling), exactly what transformers' DynamicCache does, per layer; it keeps
+    batch rows like a DynamicCache indexed by rows, and refuses entries of another batch or head count."""
+    gen = torch.Generator().manual_seed(0)
+    ours, ref = GrowingCache(), DynamicCache()
+    for step in range(60):
+        q = int(torch.randint(1, 40, (), generator=gen))
+        for layer in range(2):
+            k, v = torch.randn(2, 3, q, 4, generator=gen), torch.randn(2, 3, q, 4, generator=gen)
+            got, want = ours.update(k, v, layer), ref.update(k, v, layer)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert ours.get_seq_length() == ref.get_seq_length() == ours.get_seq_length(1)
+        if step % 3 == 2:
+            n = ref.get_seq_length()
+            keep = int(torch.randint(0 if step == 2 else max(0, n - 30), n + 1, (), generator=gen))
+            crop_cache(ours, keep)
+            crop_cache(ref, keep)
+            assert ours.get_seq_length() == ref.get_seq_length() == keep
+    assert ours.keys[0].shape[2] >= 512  # it grew past its first 256 positions
+    crop_cache(ours, 5)
+    ours.crop(-2)  # DynamicCache's meaning: drop two from the end
+    assert ours.get_seq_length() == 3 and ours.get_seq_length(7) == 0
+    ours.keep_rows(torch.tensor([1]))
+    k = torch.randn(1, 3, 2, 4, generator=gen)
+    keys, values = ours.update(k, -k, 0)
+    assert keys.shape == (1, 3, 5, 4) and torch.equal(keys[:, :, :3], ref.layers[0].keys[1:2, :, :3])
+    assert torch.equal(values[:, :, 3:], -k)
+    with pytest.raises(ValueError, match="batch or heads changed"):
+        ours.update(torch.randn(1, 2, 300, 4), torch.randn(1, 2, 300, 4), 0)
 
 
 def test_non_dynamic_caches_are_refused():

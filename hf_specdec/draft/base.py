@@ -233,8 +233,87 @@ def rms_norm(norm: LlamaRMSNorm, x: torch.Tensor) -> torch.Tensor:
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
 
 
+class DecodingNorm:
+    """`rms_norm(norm, x)` with the norm's weight and epsilon read once (`decoding_parts`)."""
+
+    def __init__(self, norm: LlamaRMSNorm):
+        self.weight, self.eps = norm.weight, norm.variance_epsilon
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x if x.dtype == torch.float32 else x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * (normed if x.dtype == torch.float32 else normed.to(x.dtype))
+
+
+def projection(module: nn.Module, int8: bool = False):
+    """What a head step multiplies by for `module`: while decoding (no gradients), its `decoding_product` where
+    it is a plain nn.Linear (`is_plain`); otherwise the module itself, so hooks and adapters apply."""
+    if is_plain(module) and not torch.is_grad_enabled():
+        return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)
+    return module
+
+
+def norm_of(norm: nn.Module):
+    """What a head step normalizes with for `norm`: while decoding (no gradients) a `DecodingNorm` where `norm`
+    is a plain LlamaRMSNorm; otherwise `rms_norm` on the module (bit for bit its own forward)."""
+    if is_plain(norm, LlamaRMSNorm) and not torch.is_grad_enabled():
+        return DecodingNorm(norm)
+    return functools.partial(rms_norm, norm)
+
+
+def decoding_parts(owner: nn.Module, name: str, build, *key):
+    """`build()` (what a head step multiplies by: `projection`s, `norm_of`s, `AttentionParts`), made once per
+    `weights_fixed` block (one generate call) for the same `name` and `key` while decoding, and on every call
+    otherwise. A head step would otherwise resolve a dozen modules, products and attributes per call, and a cycle
+    runs four or more steps on a handful of tokens each, where that costs as much as the arithmetic
+    (`hf-specdec overhead`)."""
+    block = getattr(_fixed_weights, "block", None)
+    if block is None or torch.is_grad_enabled():
+        return build()
+    memos = owner.__dict__.get("_decoding_parts")
+    if memos is None:
+        memos = owner.__dict__["_decoding_parts"] = {}
+    memo = memos.get(name)
+    if memo is None or memo[0] is not block or memo[1] != key:
+        memo = memos[name] = (block, key, build())
+    return memo[2]
+
+
+def fixed_weights_block():
+    """The innermost `weights_fixed` block of this thread (an object), or None outside one."""
+    return getattr(_fixed_weights, "block", None)
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """What `head_attention` multiplies by and dispatches to. qkv: query, key and value stacked into one
+    `decoding_product` (`stacked_linear`), or None: q, k, v called one by one (modules while training, or PEFT
+    layers and hooks); o: the output projection; attention: the attention implementation's function."""
+
+    q: object
+    k: object
+    v: object
+    qkv: "Product | None"
+    o: object
+    attention: object
+    head_dim: int
+    kv_heads: int
+
+
+def attention_parts(attn: nn.Module, int8: bool = False) -> AttentionParts:
+    """The `AttentionParts` of a LlamaAttention-shaped module as it is now (its attention implementation, its
+    projections), for decoding where gradients are off (see `projection`)."""
+    D = attn.head_dim
+    qkv = stacked_linear(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj), int8)
+    q, k, v = (None, None, None) if qkv is not None else (projection(m, int8) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+    return AttentionParts(
+        q=q, k=k, v=v, qkv=qkv, o=projection(attn.o_proj, int8),
+        attention=ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward),
+        head_dim=D, kv_heads=attn.k_proj.weight.shape[0] // D,
+    )
+
+
 def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embeddings, attention_mask, cache,
-                   is_causal: bool, int8: bool = False) -> torch.Tensor:
+                   is_causal: bool, int8: bool = False, parts: AttentionParts | None = None) -> torch.Tensor:
     """What `LlamaAttention.forward` computes, called on its projections directly: the same values, bit for bit
     (the rotary embedding by `rotate_query_key`; tested against LlamaAttention), dispatched to the same attention
     implementation (sdpa, eager, or our tree attention kernel), without the wrappers around
@@ -243,31 +322,31 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
     nn.Linear projections, query, key and value come from one product with their weights stacked
     (`stacked_linear`) and are rotated together; otherwise (training, PEFT adapters, hooks) the projections are
     called as modules, so hooks and adapters apply. `position_embeddings`: (cos, sin) or (cos, sin, signed sin).
-    `int8`: the decoding products in weight-only int8 (`DraftHead.int8_weights`)."""
+    `int8`: the decoding products in weight-only int8 (`DraftHead.int8_weights`). `parts`: `attention_parts(attn,
+    int8)`, where the caller keeps them (`decoding_parts`)."""
+    p = parts if parts is not None else attention_parts(attn, int8)
     input_shape = hidden_states.shape[:-1]
-    D = attn.head_dim
-    qkv = stacked_linear(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj), int8)
-    if qkv is not None:
+    D = p.head_dim
+    if p.qkv is not None:
         cos, sin, *rest = position_embeddings
         sin_signed = (rest[0] if rest else signed_sin(sin))[:, :, None]
-        states = qkv(hidden_states).view(*input_shape, -1, D)  # [B, q, heads + 2 kv heads, D]
-        kv_heads = attn.k_proj.weight.shape[0] // D
-        rotated = states[..., :-kv_heads, :]
+        states = p.qkv(hidden_states).view(*input_shape, -1, D)  # [B, q, heads + 2 kv heads, D]
+        rotated = states[..., : -p.kv_heads, :]
         rotated = rotated * cos[:, :, None] + rotated.roll(D // 2, -1) * sin_signed
-        query, key = rotated[..., :-kv_heads, :].transpose(1, 2), rotated[..., -kv_heads:, :].transpose(1, 2)
-        value = states[..., -kv_heads:, :].transpose(1, 2)
+        query, key = rotated[..., : -p.kv_heads, :].transpose(1, 2), rotated[..., -p.kv_heads :, :].transpose(1, 2)
+        value = states[..., -p.kv_heads :, :].transpose(1, 2)
     else:
         hidden_shape = (*input_shape, -1, D)
-        query = attn.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key = attn.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = attn.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query = p.q(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = p.k(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = p.v(hidden_states).view(hidden_shape).transpose(1, 2)
         query, key = rotate_query_key(query, key, *position_embeddings)
     if cache is not None:
         key, value = cache.update(key, value, attn.layer_idx)
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
-    out, _ = attention(attn, query, key, value, attention_mask, dropout=attn.attention_dropout if attn.training else 0.0,
-                       scaling=attn.scaling, is_causal=is_causal)
-    return linear(attn.o_proj, out.reshape(*input_shape, -1).contiguous(), int8)
+    out, _ = p.attention(attn, query, key, value, attention_mask,
+                         dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,
+                         is_causal=is_causal)
+    return p.o(out.reshape(*input_shape, -1).contiguous())
 
 
 DRAFT_INT8 = True  # strategy="fspad"'s default where it serves and pays; measured (README, "Int8 head weights")
@@ -362,6 +441,8 @@ class DraftHead(PreTrainedModel):
         converted ones (a freed storage's address can come back with other values under it)."""
         for module in self.modules():
             module.__dict__.pop("_stacked_linears", None)
+            module.__dict__.pop("_decoding_parts", None)
+            module.__dict__.pop("_rotary_table", None)
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -461,14 +542,17 @@ class DraftHead(PreTrainedModel):
         the rotation need not build it each forward. Without it, the rotary module runs on the positions."""
         if max_position is None:
             return self.rotary_emb(h, position_ids)
-        inv_freq = self.rotary_emb.inv_freq
-        key = (h.device, h.dtype, inv_freq.data_ptr(), inv_freq._version)
-        table = getattr(self, "_rotary_table", None)
-        if table is None or table[0] != key or table[1].shape[0] < max_position:
-            grown = 2 * table[1].shape[0] if table is not None and table[0] == key else 256
-            cos, sin = self.rotary_emb(h[:1, :1], torch.arange(max(max_position, grown), device=h.device)[None])
-            table = self._rotary_table = (key, cos[0], sin[0], signed_sin(sin[0]))
-        _, cos, sin, sin_signed = table
+        table, block = self.__dict__.get("_rotary_table"), fixed_weights_block()
+        if table is None or block is None or table[4] is not block or table[1].shape[0] < max_position:
+            inv_freq = self.rotary_emb.inv_freq
+            key = (h.device, h.dtype, inv_freq.data_ptr(), inv_freq._version)
+            if table is None or table[0] != key or table[1].shape[0] < max_position:
+                grown = 2 * table[1].shape[0] if table is not None and table[0] == key else 256
+                cos, sin = self.rotary_emb(h[:1, :1], torch.arange(max(max_position, grown), device=h.device)[None])
+                table = (key, cos[0], sin[0], signed_sin(sin[0]))
+            # checked once per weights_fixed block (one generate call): the head's dtype and rotary buffer are fixed in it
+            table = self.__dict__["_rotary_table"] = (*table[:4], block)
+        _, cos, sin, sin_signed, _ = table
         return cos[position_ids], sin[position_ids], sin_signed[position_ids]
 
     def scatter_to_target(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

@@ -16,14 +16,16 @@ The target's embedding and lm_head are *borrowed* (`attach_target`), never store
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .base import (DraftHead, DraftOutput, TargetParts, decoding_product, embedding_fingerprint, head_attention, is_plain,
-                   linear, rms_norm, stacked_linear, tokenizer_hash)
+from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, decoding_product,
+                   embedding_fingerprint, head_attention, is_plain, norm_of, projection, stacked_linear, tokenizer_hash)
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -106,17 +108,27 @@ class FSPADDraftModel(DraftHead):
     # ----------------------------------------------------------------------------------------- compute
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocabulary (the full target vocabulary unless a reduced one is set)."""
-        parts = self._parts()
         if not torch.is_grad_enabled():
-            lm_head, int8 = parts.lm_head, self.int8_weights
-            if parts.draft_lm_weight is not None:  # rows copied from lm_head at each attach: keyed on their source
-                return decoding_product(self, "logits", ((parts.draft_lm_weight, None),), int8=int8,
-                                        source=(lm_head.weight, self.draft_to_target))(hidden_states)
-            if is_plain(lm_head):  # cached on the head, not on the target's module
-                return decoding_product(self, "logits", ((lm_head.weight, lm_head.bias),), int8=int8)(hidden_states)
+            int8 = self.int8_weights
+            product = decoding_parts(self, "logits", lambda: self._logits_product(int8), int8)
+            if product is not None:
+                return product(hidden_states)
+        parts = self._parts()
         if parts.draft_lm_weight is not None:
             return F.linear(hidden_states, parts.draft_lm_weight)
         return parts.lm_head(hidden_states)
+
+    def _logits_product(self, int8: bool):
+        """The `decoding_product` of the draft logits, or None where the target's lm_head is not a plain
+        nn.Linear (it is then called as a module). Cached on the head, not on the target's module."""
+        parts = self._parts()
+        lm_head = parts.lm_head
+        if parts.draft_lm_weight is not None:  # rows copied from lm_head at each attach: keyed on their source
+            return decoding_product(self, "logits", ((parts.draft_lm_weight, None),), int8=int8,
+                                    source=(lm_head.weight, self.draft_to_target))
+        if is_plain(lm_head):
+            return decoding_product(self, "logits", ((lm_head.weight, lm_head.bias),), int8=int8)
+        return None
 
     def forward(
         self,
@@ -144,11 +156,11 @@ class FSPADDraftModel(DraftHead):
             inputs_embeds = self.embed(input_ids)
         dtype = self.fc.weight.dtype
         int8 = self.int8_weights and not torch.is_grad_enabled()
+        p = decoding_parts(self, "step", lambda: self._step_parts(int8), int8, self.config._attn_implementation)
         e = inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
-        h = linear(self.fc, torch.cat([e, features if features.dtype == dtype else features.to(dtype)], dim=-1), int8)
+        h = p.fc(torch.cat([e, features if features.dtype == dtype else features.to(dtype)], dim=-1))
         if self._feature_sampling:
-            h = h + linear(self.fs_down_proj, F.silu(linear(self.fs_gate_proj, e, int8))
-                           * linear(self.fs_up_proj, rms_norm(self.fs_norm, h), int8), int8)
+            h = h + p.fs_down(F.silu(p.fs_gate(e)) * p.fs_up(p.fs_norm(h)))
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None and past > 0 and h.shape[1] > 1:
             raise ValueError(
@@ -160,17 +172,35 @@ class FSPADDraftModel(DraftHead):
             position_ids = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
         cos_sin = self.position_embeddings(h, position_ids, max_position)
         is_causal = attention_mask is None and h.shape[1] > 1
-        a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal, int8)
-        m = rms_norm(self.post_attention_layernorm, a)
-        gate_up = stacked_linear(self, "gate_up", (self.gate_proj, self.up_proj), int8)
-        if gate_up is not None:  # decoding: one product for both (see stacked_linear)
-            gate, up = gate_up(m).chunk(2, dim=-1)
+        a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal, parts=p.attention)
+        m = p.post_norm(a)
+        if p.gate_up is not None:  # decoding: one product for both (see stacked_linear)
+            gate, up = p.gate_up(m).chunk(2, dim=-1)
         else:
-            gate, up = self.gate_proj(m), self.up_proj(m)
-        mlp = linear(self.down_proj, F.silu(gate) * up, int8)
+            gate, up = p.gate(m), p.up(m)
+        mlp = p.down(F.silu(gate) * up)
         if self._partial_alignment:
             H = a.shape[-1]
             hidden, features_out = a + mlp[..., :H], a + mlp[..., H:]
         else:
             hidden = features_out = a + mlp
         return FSPADOutput(hidden_states=hidden, features=features_out, cache=cache)
+
+    def _step_parts(self, int8: bool) -> SimpleNamespace:
+        """What `forward` multiplies by and normalizes with (`projection`, `norm_of`, `attention_parts`): the
+        modules themselves while training, products prepared for decoding otherwise."""
+        fs = self._feature_sampling
+        gate_up = stacked_linear(self, "gate_up", (self.gate_proj, self.up_proj), int8)
+        return SimpleNamespace(
+            fc=projection(self.fc, int8),
+            fs_norm=norm_of(self.fs_norm) if fs else None,
+            fs_gate=projection(self.fs_gate_proj, int8) if fs else None,
+            fs_up=projection(self.fs_up_proj, int8) if fs else None,
+            fs_down=projection(self.fs_down_proj, int8) if fs else None,
+            attention=attention_parts(self.self_attn, int8),
+            post_norm=norm_of(self.post_attention_layernorm),
+            gate_up=gate_up,
+            gate=projection(self.gate_proj, int8) if gate_up is None else None,
+            up=projection(self.up_proj, int8) if gate_up is None else None,
+            down=projection(self.down_proj, int8),
+        )

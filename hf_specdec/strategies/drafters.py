@@ -12,8 +12,8 @@ import torch
 from transformers import DynamicCache
 
 from ..draft.base import DraftHead
-from ..tree import check_compactable, crop_cache, tree_mask_builder, tree_mask_for
-from ..tree.ragged import Slots, chain_ancestors, keep_cache_rows, last_real
+from ..tree import GrowingCache, check_compactable, crop_cache, tree_mask_builder, tree_mask_for
+from ..tree.ragged import Slots, chain_ancestors, last_real
 from .common import SpecDecodeStats
 from .engine import target_forward
 
@@ -24,7 +24,7 @@ class HeadDrafter:
 
     def __init__(self, head: DraftHead, stats: SpecDecodeStats):
         self.head = self.model = head
-        self.cache = DynamicCache()
+        self.cache = GrowingCache()  # written in place: the head updates and crops it several times per cycle
         self.stats = stats
         self.feature_layers = head.feature_layers
         self._tree_mask = None  # tree_mask_builder(head), bound on first use (inside the engine's tree_attention_for)
@@ -95,7 +95,7 @@ class HeadDrafter:
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop the batch rows that finished (a head with per-row state of its own, like the tests' oracle,
         follows through its own `keep_rows`)."""
-        keep_cache_rows(self.cache, rows)
+        self.cache.keep_rows(rows)
         if hasattr(self.head, "keep_rows"):
             self.head.keep_rows(rows)
 

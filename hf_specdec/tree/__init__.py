@@ -9,7 +9,7 @@ from .attention import (
     tree_mask_builder,
     tree_mask_for,
 )
-from .cache import check_compactable, compact_cache, crop_cache
+from .cache import GrowingCache, check_compactable, compact_cache, crop_cache
 from .growth import grow_sampled_tree, grow_sampled_trees, grow_tree
 from .merge import graft
 from .sizing import (CostCurve, EstimateCalibration, best_tree_size, expansion_pays, fit_cycle_costs, head_pays, prune_tree,
@@ -42,6 +42,7 @@ __all__ = [
     "register_tree_attention",
     "tree_position_ids",
     "check_compactable",
+    "GrowingCache",
     "compact_cache",
     "crop_cache",
 ]
