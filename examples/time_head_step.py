@@ -1,8 +1,9 @@
 """Time one head expansion step (4 nodes with a tree mask after a cached prefix, the cache cropped back after
-each) of a random FSPAD head, SmolLM2-sized in bf16 or tiny in float32: the README's head-step A/B. Run it once
+each) of a random FSPAD head, SmolLM2-sized in bf16 or tiny in float32: the README's head-step A/B. The step runs
+as generate runs it: inside `weights_fixed` (one generate call), on the cache a tree drafter keeps. Run it once
 per code version, alternating, in separate processes.
 
-    python examples/time_head_step.py [--tiny] [--rounds 7] [--steps 200]
+    python examples/time_head_step.py [--tiny] [--cached 300] [--rounds 7] [--steps 200]
     python examples/time_head_step.py --ops      # what single small ops cost on this CPU, one thread
     python examples/time_head_step.py --tiny --compile   # the same step with the head's forward torch.compile'd
     python examples/time_head_step.py --int8     # the head's products: bf16 / float32 F.linear against int8 weights
@@ -20,6 +21,9 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from torch.nn import functional as F
 
 from hf_specdec import FSPADDraftModel
+from hf_specdec.draft.base import weights_fixed
+from hf_specdec.strategies.common import SpecDecodeStats
+from hf_specdec.strategies.drafters import HeadDrafter
 from hf_specdec.tree import crop_cache, tree_attention_mask
 
 
@@ -125,6 +129,7 @@ def time_packing(rounds: int = 5, calls: int = 2000) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers' shape, float32 (host cost only)")
+    ap.add_argument("--cached", type=int, default=None, help="tokens in the head's cache (default: 64 tiny, 300 SmolLM2)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ops", action="store_true", help="time single small ops instead")
@@ -146,13 +151,14 @@ def main():
     else:
         config, dtype, cached = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
                                             num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True), torch.bfloat16, 300
+    cached = args.cached or cached
     head = FSPADDraftModel.from_target(LlamaForCausalLM(config).to(dtype).eval()).eval()
     if args.compile:
         head.forward = torch.compile(head.forward, dynamic=True)
-    H, cache = config.hidden_size, DynamicCache()
+    H, cache = config.hidden_size, HeadDrafter(head, SpecDecodeStats()).cache  # the cache generate's drafter keeps
     ids, features = torch.randint(1, 500, (1, 4)), torch.randn(1, 4, H, dtype=dtype)
     ancestors, positions = torch.eye(4, dtype=torch.bool)[None], torch.full((1, 4), cached)
-    with torch.no_grad():
+    with torch.no_grad(), weights_fixed():
         head(input_ids=torch.randint(1, 500, (1, cached)), features=torch.randn(1, cached, H, dtype=dtype), cache=cache,
              max_position=cached)
 
@@ -174,7 +180,7 @@ def main():
                 step()
             rounds.append((time.perf_counter() - start) / args.steps * 1e6)
     print(f"head step: {statistics.median(rounds):.0f} us (median of {args.rounds} rounds of {args.steps}; "
-          f"{'tiny float32' if args.tiny else 'SmolLM2-sized bf16'}, {torch.get_num_threads()} threads"
+          f"{'tiny float32' if args.tiny else 'SmolLM2-sized bf16'}, {cached} cached, {torch.get_num_threads()} threads"
           f"{f', compiled: first call {first_ms / 1e3:.1f} s' if args.compile else ''})")
 
 
