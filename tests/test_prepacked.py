@@ -135,3 +135,19 @@ def test_spechub_samples_the_same_with_the_target_prepacked():
     assert "_prepacked" in model.model.layers[0].mlp.up_proj.__dict__
     with pytest.raises(TypeError, match="prepack_target"):
         model.generate(ids, assistant_model=head, strategy="spechub", do_sample=True, max_new_tokens=2, prepack_target=1)
+
+
+def test_superposed_finds_the_same_drafts_with_the_model_prepacked():
+    """strategy='superposed' packs its model too (one-token forwards); bf16 values are F.linear's, so its k drafts
+    and their scores are the same, and the layers switch back."""
+    model = tiny_target("llama", **WIDE).to(torch.bfloat16)
+    ids = torch.randint(1, 128, (1, 12), generator=torch.Generator().manual_seed(5))
+    outs = [model.generate(ids, strategy="superposed", num_return_sequences=3, max_new_tokens=12, ngram=False,
+                           return_dict_in_generate=True, prepack_target=prepack) for prepack in (True, False, None)]
+    assert switched(model) == []
+    for out in outs[1:]:
+        assert torch.equal(out.sequences, outs[0].sequences)
+        assert torch.equal(out.sequences_scores, outs[0].sequences_scores)
+    assert "_prepacked" in model.model.layers[0].mlp.up_proj.__dict__
+    with pytest.raises(TypeError, match="prepack_target"):
+        model.generate(ids, strategy="superposed", num_return_sequences=3, max_new_tokens=2, ngram=False, prepack_target=1)

@@ -23,7 +23,8 @@ import torch
 
 from .specbench import DEV_QUESTIONS, load_questions
 
-METHODS = ["greedy", "superposed", "nucleus x k (sequential)", "nucleus k (batched)", "beam k"]
+# "superposed/unpacked": with prepack_target=False, what the model's prepacked weights give it (hf_specdec/prepacked.py)
+METHODS = ["greedy", "superposed", "superposed/unpacked", "nucleus x k (sequential)", "nucleus k (batched)", "beam k"]
 
 
 @torch.no_grad()
@@ -51,8 +52,9 @@ def run_method(model, ids, method, k, n, pad):
     common = dict(max_new_tokens=n, pad_token_id=pad)
     if method == "greedy":
         return model.generate(ids, do_sample=False, **common)
-    if method == "superposed":
-        return model.generate(ids, strategy="superposed", num_return_sequences=k, **common)
+    if method in ("superposed", "superposed/unpacked"):
+        return model.generate(ids, strategy="superposed", num_return_sequences=k,
+                              prepack_target=False if method == "superposed/unpacked" else None, **common)
     if method == "nucleus x k (sequential)":
         runs = [model.generate(ids, do_sample=True, top_p=0.9, temperature=1.0, top_k=None, **common) for _ in range(k)]
         width = max(r.shape[1] for r in runs)

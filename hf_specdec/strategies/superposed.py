@@ -26,6 +26,7 @@ from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from ..compat import CACHE_KWARGS, cache_kwargs, given_cache
 from ..ngram import NgramTable
+from ..prepacked import check_prepack, prepacked_linears
 from .common import check_generation_config, check_model_kwargs, check_prompt, processor_options, strip_left_padding
 
 DEFAULT_K = 3
@@ -129,12 +130,15 @@ def superposed_generate(
     draft_model=None,
     streamer=None,
     synced_gpus: bool = False,
+    prepack_target: bool | None = None,
     **model_kwargs,
 ):
     """Superposed Decoding: `model.generate(ids, strategy="superposed", num_return_sequences=k,
     max_new_tokens=n, ngram=table | path | False, superposed_alpha=0.54, superposed_temperature=0.06,
     n_token_sample=3k)`. Returns k sequences [k, L + n], best first (`return_dict_in_generate=True` adds
-    `sequences_scores`)."""
+    `sequences_scores`). `prepack_target`: the model's linear layers on prepacked weights, as for
+    strategy="fspad" (hf_specdec/prepacked.py; default: on for a CPU model whose copy stays within 4 GiB):
+    every step is a one-token forward, where the weight reorder F.linear does per call costs most."""
     check_prompt("superposed", input_ids)
     k = DEFAULT_K if num_return_sequences is None else num_return_sequences
     n_token_sample = 3 * k if n_token_sample is None else n_token_sample
@@ -161,6 +165,14 @@ def superposed_generate(
                          "attention_mask).")
     table = resolve_ngram(ngram, model, tokenizer)
     alpha = superposed_alpha if table is not None else 0.0
+    with prepacked_linears(model, check_prepack(model, prepack_target)):
+        return _superposed_search(model, input_ids, stopping_criteria, generation_config, k, n_token_sample, table,
+                                  alpha, superposed_temperature)
+
+
+def _superposed_search(model, input_ids, stopping_criteria, generation_config, k, n_token_sample, table, alpha,
+                       superposed_temperature):
+    """superposed_generate's search, its request checked."""
 
     prompt_len = input_ids.shape[1]
     max_new = (generation_config.max_length - prompt_len if generation_config.max_new_tokens is None
