@@ -351,9 +351,12 @@ def test_eagle3_layouts_draft_as_their_description(tmp_path, deep_target, flavou
         torch.testing.assert_close(head.compute_logits(out.hidden_states)[0], want, rtol=1e-4, atol=1e-4)
 
 
-def test_eagle3_greedy_is_identical_to_stock(tmp_path, deep_target):
+@pytest.mark.parametrize("flavour,extra_layers", [("eagle", 0), ("speculators", 1)])
+def test_eagle3_greedy_is_identical_to_stock(tmp_path, deep_target, flavour, extra_layers):
+    """Also with a decoder layer after the first (some speculators heads), whose attention updates the drafter's
+    cache through transformers' own LlamaAttention."""
     draft_ids = torch.arange(0, V, 2)
-    write_eagle3(tmp_path / "head", deep_target, "eagle", draft_ids)
+    write_eagle3(tmp_path / "head", deep_target, flavour, draft_ids, [1, 2, 4], False, extra_layers)
     for seed, n in ((0, 4), (1, 9), (2, 17)):
         ids = torch.randint(1, V, (1, n), generator=torch.Generator().manual_seed(seed))
         stock = deep_target.generate(ids, max_new_tokens=20, do_sample=False)

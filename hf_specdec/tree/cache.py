@@ -91,8 +91,9 @@ class GrowingCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx] if layer_idx < len(self.lengths) else 0
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
-        """Append key / value [B, kv heads, q, D] to layer `layer_idx`; returns its keys and values so far."""
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Append key / value [B, kv heads, q, D] to layer `layer_idx`; returns its keys and values so far. (Further
+        arguments, which transformers' attention layers pass to their caches, are not needed here.)"""
         while len(self.lengths) <= layer_idx:
             self.keys.append(None)
             self.values.append(None)
