@@ -58,25 +58,26 @@ def median_call_us(fn, rounds: int, calls: int, warm_up: int) -> float:
 
 def time_int8_products(rounds: int = 5, calls: int = 200) -> None:
     """Median microseconds per call of SmolLM2-sized head products (the 16k lm_head rows, gate / up, down) for a
-    few row counts: F.linear on bf16 and float32 weights against `Product` on int8 weights (hf_specdec.draft.base;
-    its dense path past INT8_MAX_ROWS rows, so the kernel itself is timed up to that count only)."""
-    from hf_specdec.draft.base import INT8_MAX_ROWS, Product, int8_rows
+    few row counts: F.linear on bf16 and float32 weights, the bf16 weight prepacked (what a dense decoding product
+    runs, hf_specdec/prepacked.py), and torch's int8 kernel on int8 weights (`aten._weight_int8pack_mm`, what
+    `Product` runs up to INT8_MAX_ROWS rows): where the int8 kernel stops paying is where INT8_MAX_ROWS belongs."""
+    from hf_specdec.draft.base import int8_rows
+    from hf_specdec.prepacked import pack, packed_linear
 
     def median_us(fn):
         return median_call_us(fn, rounds, calls, warm_up=20)
 
-    print("| weight [N, K] | rows | bf16 | int8 | float32 |\n|---|---|---|---|---|")
+    print("| weight [N, K] | rows | bf16 | bf16 prepacked | int8 kernel | float32 |\n|---|---|---|---|---|---|")
     torch.manual_seed(0)
     for n, k in ((16384, 576), (1536, 576), (1152, 1536)):
         w = torch.randn(n, k, dtype=torch.bfloat16)
         q, s = int8_rows(w)
-        int8, wf = Product(q, None, s), w.float()
-        for rows in (1, 4, INT8_MAX_ROWS, 16):
+        packed, wf = pack(w), w.float()
+        for rows in (1, 2, 4, 6, 8, 12, 16):
             x = torch.randn(rows, k, dtype=torch.bfloat16)
-            kernel = rows <= INT8_MAX_ROWS
-            int8_us = median_us(lambda: int8(x)) if kernel else median_us(
-                lambda: torch.ops.aten._weight_int8pack_mm(x, q, s))
-            print(f"| [{n}, {k}] | {rows} | {median_us(lambda: F.linear(x, w)):.0f} | {int8_us:.0f} | "
+            print(f"| [{n}, {k}] | {rows} | {median_us(lambda: F.linear(x, w)):.0f} | "
+                  f"{median_us(lambda: packed_linear(x, packed, None)):.0f} | "
+                  f"{median_us(lambda: torch.ops.aten._weight_int8pack_mm(x, q, s)):.0f} | "
                   f"{median_us(lambda: F.linear(x.float(), wf)):.0f} |")
 
 
