@@ -266,7 +266,7 @@ def decoding_parts(owner: nn.Module, name: str, build, *key):
     otherwise. A head step would otherwise resolve a dozen modules, products and attributes per call, and a cycle
     runs four or more steps on a handful of tokens each, where that costs as much as the arithmetic
     (`hf-specdec overhead`)."""
-    block = getattr(_fixed_weights, "block", None)
+    block = fixed_weights_block()
     if block is None or torch.is_grad_enabled():
         return build()
     memos = owner.__dict__.get("_decoding_parts")

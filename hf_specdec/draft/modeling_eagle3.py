@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compat import cache_kwargs
-from .base import DraftHead, DraftOutput, TargetParts, head_attention, linear, rms_norm
+from .base import DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, head_attention, linear, rms_norm
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -123,8 +123,10 @@ class Eagle3DraftModel(DraftHead):
         cos_sin = self.position_embeddings(h, position_ids, max_position)
         normed_h = rms_norm(layer.hidden_norm, h)
         residual = normed_h if layer.norm_before_residual else h
+        parts = decoding_parts(self, "attention", lambda: attention_parts(layer.self_attn, int8), int8,
+                               self.config._attn_implementation)
         attn = head_attention(layer.self_attn, torch.cat([rms_norm(layer.input_layernorm, e), normed_h], dim=-1), cos_sin,
-                              attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1, int8=int8)
+                              attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1, parts=parts)
         out = residual + attn
         out = out + layer.mlp(rms_norm(layer.post_attention_layernorm, out))
         for extra in self.extra_layers:
