@@ -72,6 +72,20 @@ def is_plain(module: nn.Module, kind: type = nn.Linear) -> bool:
                      or hooks._global_backward_hooks or hooks._global_backward_pre_hooks))
 
 
+def inference_only() -> bool:
+    """Whether products may run on prepared copies of their weights (prepacked here, int8 in a draft head): no
+    gradients recorded (the prepared products have no backward) and no autocast region on the CPU or a CUDA device
+    (autocast casts each op's inputs and weights, which a prepared product bypasses: a bf16 input against a packed
+    float32 weight fails in oneDNN)."""
+    return not (torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+
+
+@functools.lru_cache(maxsize=None)
+def _log_autocast(name: str) -> None:
+    logger.warning("hf_specdec: %s's linear layers are not prepacked inside an autocast region (the packed product "
+                   "does not autocast); they run as they are.", name)
+
+
 def _packed_forward(module: nn.Linear):
     """The layer's packed copy, made anew when its weight changed (storage or version), and a forward on it. The
     kept entry holds the packed weight's storage too, so that its address cannot come back under other values
@@ -92,10 +106,12 @@ _switching = threading.Lock()
 def prepacked_linears(model: nn.Module, enabled: bool = True):
     """For the block, the model's plain nn.Linear layers whose weight `packing_serves` compute their forward
     from a prepacked copy of it (kept on the layer, and made again only after the weight changed). The layers'
-    forwards are restored afterwards. Nothing changes with gradients on (the packed product has no backward)
-    or where nothing serves. A layer already switched by an enclosing block is left to it."""
+    forwards are restored afterwards. Nothing changes with gradients on or inside autocast (`inference_only`; the
+    latter said once), or where nothing serves. A layer already switched by an enclosing block is left to it."""
     switched = []
-    if enabled and PACK_WEIGHTS and not torch.is_grad_enabled():
+    if enabled and PACK_WEIGHTS and not torch.is_grad_enabled() and not inference_only():
+        _log_autocast(type(model).__name__)
+    if enabled and PACK_WEIGHTS and inference_only():
         with _switching:
             for module in model.modules():
                 if is_plain(module) and packing_serves(module.weight):

@@ -151,3 +151,24 @@ def test_superposed_finds_the_same_drafts_with_the_model_prepacked():
     assert "_prepacked" in model.model.layers[0].mlp.up_proj.__dict__
     with pytest.raises(TypeError, match="prepack_target"):
         model.generate(ids, strategy="superposed", num_return_sequences=3, max_new_tokens=2, ngram=False, prepack_target=1)
+
+
+def test_inside_autocast_nothing_runs_on_prepared_weights(wide, caplog):
+    """Autocast casts each op's inputs and weights; a prepacked (or int8) product would bypass that, and a bf16 input
+    against a packed float32 weight fails in oneDNN (training's bf16 evaluation crashed so). Inside autocast the
+    target's layers stay as they are (said once) and a head runs its modules: the same values as with gradients on."""
+    prepacked._log_autocast.cache_clear()
+    torch.manual_seed(8)
+    head = FSPADDraftModel.from_target(wide).eval()
+    head.int8_weights = True
+    ids, feats = torch.tensor([[5, 9, 11, 2]]), torch.randn(1, 4, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with caplog.at_level(logging.WARNING, logger="hf_specdec.prepacked"), torch.no_grad():
+            with prepacked_linears(wide, True) as switched_layers:
+                assert switched_layers == [] and switched(wide) == []
+            out = head(input_ids=ids, features=feats)
+            logits = head.compute_logits(out.hidden_states)
+        assert "autocast" in caplog.text
+        reference = head(input_ids=ids, features=feats)
+        assert torch.equal(out.features, reference.features.detach())
+        assert torch.equal(logits, head.compute_logits(reference.hidden_states).detach())

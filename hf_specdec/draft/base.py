@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attention_forward
 
-from ..prepacked import is_plain, pack, packed_linear, packing_serves  # noqa: F401  (is_plain: re-export)
+from ..prepacked import inference_only, is_plain, pack, packed_linear, packing_serves  # noqa: F401  (is_plain: re-export)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def linear(module: nn.Module, x: torch.Tensor, int8: bool = False) -> torch.Tens
     decoding (no gradients), by the module's `decoding_product`: prepacked where that serves, and weight-only
     int8 with `int8`."""
     if is_plain(module):
-        if not torch.is_grad_enabled():
+        if inference_only():
             return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)(x)
         return F.linear(x, module.weight, module.bias)
     return module(x)
@@ -219,7 +219,7 @@ def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...], 
     """`decoding_product` of the projections `modules`, or None where that would change what runs: a module that
     is not a plain nn.Linear (`is_plain`: a PEFT layer, a hook), some with a bias and some without, or gradients
     being recorded (training calls the modules)."""
-    if torch.is_grad_enabled() or not all(is_plain(m) for m in modules):
+    if not inference_only() or not all(is_plain(m) for m in modules):
         return None
     if len({m.bias is None for m in modules}) > 1:
         return None
@@ -247,7 +247,7 @@ class DecodingNorm:
 def projection(module: nn.Module, int8: bool = False):
     """What a head step multiplies by for `module`: while decoding (no gradients), its `decoding_product` where
     it is a plain nn.Linear (`is_plain`); otherwise the module itself, so hooks and adapters apply."""
-    if is_plain(module) and not torch.is_grad_enabled():
+    if is_plain(module) and inference_only():
         return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)
     return module
 
@@ -255,7 +255,7 @@ def projection(module: nn.Module, int8: bool = False):
 def norm_of(norm: nn.Module):
     """What a head step normalizes with for `norm`: while decoding (no gradients) a `DecodingNorm` where `norm`
     is a plain LlamaRMSNorm; otherwise `rms_norm` on the module (bit for bit its own forward)."""
-    if is_plain(norm, LlamaRMSNorm) and not torch.is_grad_enabled():
+    if is_plain(norm, LlamaRMSNorm) and inference_only():
         return DecodingNorm(norm)
     return functools.partial(rms_norm, norm)
 
@@ -267,7 +267,7 @@ def decoding_parts(owner: nn.Module, name: str, build, *key):
     runs four or more steps on a handful of tokens each, where that costs as much as the arithmetic
     (`hf-specdec overhead`)."""
     block = fixed_weights_block()
-    if block is None or torch.is_grad_enabled():
+    if block is None or not inference_only():
         return build()
     memos = owner.__dict__.get("_decoding_parts")
     if memos is None:

@@ -27,7 +27,8 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compat import cache_kwargs
-from .base import DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, head_attention, linear, rms_norm
+from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, head_attention, inference_only, linear,
+                   rms_norm)
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -110,7 +111,7 @@ class Eagle3DraftModel(DraftHead):
         cache = cache if cache is not None else past_key_values
         e = (inputs_embeds if inputs_embeds is not None else self.embed(input_ids)).to(self.fc.weight.dtype)
         h = features.to(e.dtype)
-        int8 = self.int8_weights and not torch.is_grad_enabled()
+        int8 = self.int8_weights and inference_only()
         if h.shape[-1] != self.config.hidden_size:
             h = linear(self.fc, h, int8)
         layer = self.midlayer

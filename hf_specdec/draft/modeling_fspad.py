@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, decoding_product,
-                   embedding_fingerprint, head_attention, is_plain, norm_of, projection, stacked_linear, tokenizer_hash)
+                   embedding_fingerprint, head_attention, inference_only, is_plain, norm_of, projection, stacked_linear, tokenizer_hash)
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -108,7 +108,7 @@ class FSPADDraftModel(DraftHead):
     # ----------------------------------------------------------------------------------------- compute
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocabulary (the full target vocabulary unless a reduced one is set)."""
-        if not torch.is_grad_enabled():
+        if inference_only():
             int8 = self.int8_weights
             product = decoding_parts(self, "logits", lambda: self._logits_product(int8), int8)
             if product is not None:
@@ -155,7 +155,7 @@ class FSPADDraftModel(DraftHead):
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
         dtype = self.fc.weight.dtype
-        int8 = self.int8_weights and not torch.is_grad_enabled()
+        int8 = self.int8_weights and inference_only()
         p = decoding_parts(self, "step", lambda: self._step_parts(int8), int8, self.config._attn_implementation)
         e = inputs_embeds if inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
         h = p.fc(torch.cat([e, features if features.dtype == dtype else features.to(dtype)], dim=-1))
