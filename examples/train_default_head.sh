@@ -42,8 +42,10 @@ for variant in fspad eagle2; do
     hf-specdec export --head "$V3/${variant}_ft/head" --tree 4,4,16 --out "$V3/export-$variant"
 done
 # 8. Release 3.1: the step-6 command on release 3.1's data from release 3's weights (examples/make_v3_data.sh, its
-#    closing comment). Release 3.3 (the FSPAD head shipped now): release 3.1 continued on the target's own answers,
-#    examples/make_v32_data.sh step 2 and then examples/make_v33_candidates.sh, whose arm A, exported with
-#    `hf-specdec export --head runs/v33/a/head --tree 4,4,16`, is hf_specdec/pretrained/smollm2-135m-instruct-fspad.
-#    The EAGLE-2 baseline's release 3.3: arm A's command with --init hf_specdec/pretrained/smollm2-135m-instruct-eagle2
-#    (release 3.1) and --out runs/v33/eagle2, exported the same way.
+#    closing comment). Release 3.3: release 3.1 continued on the target's own answers,
+#    examples/make_v32_data.sh step 2 and then examples/make_v33_candidates.sh, whose arm A was exported with
+#    `hf-specdec export --head runs/v33/a/head --tree 4,4,16`. The EAGLE-2 baseline's release 3.3: arm A's command
+#    with --init hf_specdec/pretrained/smollm2-135m-instruct-eagle2 (release 3.1) and --out runs/v33/eagle2.
+# 9. Release 3.4 (both heads shipped now): examples/make_v34_candidates.sh continues both release-3.3 heads on more
+#    of the target's answers; its exports runs/v34/{fspad,eagle2}_export are hf_specdec/pretrained/
+#    smollm2-135m-instruct-{fspad,eagle2}.
