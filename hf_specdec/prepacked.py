@@ -109,14 +109,15 @@ def prepacked_linears(model: nn.Module, enabled: bool = True):
     forwards are restored afterwards. Nothing changes with gradients on or inside autocast (`inference_only`; the
     latter said once), or where nothing serves. A layer already switched by an enclosing block is left to it."""
     switched = []
-    if enabled and PACK_WEIGHTS and not torch.is_grad_enabled() and not inference_only():
-        _log_autocast(type(model).__name__)
-    if enabled and PACK_WEIGHTS and inference_only():
-        with _switching:
-            for module in model.modules():
-                if is_plain(module) and packing_serves(module.weight):
-                    module.forward = _packed_forward(module)
-                    switched.append(module)
+    if enabled and PACK_WEIGHTS and not torch.is_grad_enabled():
+        if not inference_only():  # autocast
+            _log_autocast(type(model).__name__)
+        else:
+            with _switching:
+                for module in model.modules():
+                    if is_plain(module) and packing_serves(module.weight):
+                        module.forward = _packed_forward(module)
+                        switched.append(module)
     try:
         yield switched
     finally:

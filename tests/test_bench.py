@@ -302,3 +302,17 @@ def test_bench_expected_tau_at_sampling_temperatures(tiny_setup, tmp_path):
     assert "expected_tau" not in rows[(0.0, "overall", "fspad")] and "expected_tau" not in rows[(1.0, "overall", "pld")]
     table = out.with_suffix(".md").read_text()
     assert "E[tau] | E[speedup] |" in table and "| 1 | overall | pld |" in table
+
+
+def test_overhead_times_a_cycle_by_phase_and_restores_the_engine():
+    """The phases add up to the cycle (the rest is what the timed functions leave), each is positive, and the
+    wrapped engine functions are the originals again afterwards."""
+    from hf_specdec.bench import overhead
+    from hf_specdec.strategies import drafters, engine, fspad
+
+    before = (engine.target_forward, drafters.HeadDrafter.catch_up, drafters.HeadDrafter.expand, fspad.grow_tree)
+    phases = overhead.time_by_phase(new_tokens=12, rounds=1)
+    assert set(phases) == {*overhead.PHASES, "cycle"}
+    assert all(phases[p] > 0 for p in overhead.PHASES)
+    assert abs(sum(phases[p] for p in overhead.PHASES) - phases["cycle"]) < 1e-6
+    assert (engine.target_forward, drafters.HeadDrafter.catch_up, drafters.HeadDrafter.expand, fspad.grow_tree) == before

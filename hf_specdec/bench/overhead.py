@@ -4,6 +4,7 @@ cost that sits on top of every cycle on a GPU. Stock greedy decoding of the same
 
     hf-specdec overhead --new-tokens 256 --rounds 5
     hf-specdec overhead --by-site       (also: where a fixed 4,4,16 cycle's torch calls come from)
+    hf-specdec overhead --phases        (also: where a fixed 4,4,16 cycle's time goes)
 """
 
 from __future__ import annotations
@@ -99,6 +100,56 @@ def calls_by_site(new_tokens: int) -> tuple[int, Counter]:
     return out.spec_stats.target_forwards - 1, counter.sites
 
 
+PHASES = ("target forward", "head catch-up", "head expansions", "growth bookkeeping", "the rest")
+
+
+@torch.no_grad()
+def time_by_phase(new_tokens: int, rounds: int) -> dict[str, float]:
+    """Milliseconds per cycle of a SITES_CONFIG decoding (fixed 4,4,16, no lookup), by phase (PHASES), median over `rounds`: the
+    engine's target forward, the head's catch-up, its expansions, the tree growth less those expansions, and
+    the rest (masks, verification, compaction, emission). Timed by wrappers around the engine's functions for
+    the length of the runs (a microsecond or so each)."""
+    from ..strategies import drafters, engine, fspad
+
+    job = decoding_jobs(new_tokens)[SITES_CONFIG]
+    job()
+    spent: Counter = Counter()
+
+    def timed(label, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - start
+        return wrapper
+
+    expand = drafters.HeadDrafter.expand
+    patches = {(engine, "target_forward"): timed("target forward", engine.target_forward),
+               (drafters.HeadDrafter, "catch_up"): timed("head catch-up", drafters.HeadDrafter.catch_up),
+               (drafters.HeadDrafter, "expand"): lambda self, cached: timed("head expansions", expand(self, cached)),
+               (fspad, "grow_tree"): timed("growth", fspad.grow_tree)}
+    originals = {key: getattr(*key) for key in patches}
+    per_round = []
+    try:
+        for (owner, name), patched in patches.items():
+            setattr(owner, name, patched)
+        for _ in range(rounds):
+            spent.clear()
+            start = time.perf_counter()
+            out = job()
+            total, cycles = time.perf_counter() - start, out.spec_stats.target_forwards - 1
+            phases = {"target forward": spent["target forward"], "head catch-up": spent["head catch-up"],
+                      "head expansions": spent["head expansions"],
+                      "growth bookkeeping": spent["growth"] - spent["head expansions"]}
+            phases["the rest"] = total - sum(phases.values())
+            per_round.append({k: v * 1000 / cycles for k, v in {**phases, "cycle": total}.items()})
+    finally:
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
+    return {k: statistics.median(r[k] for r in per_round) for k in (*PHASES, "cycle")}
+
+
 @torch.no_grad()
 def measure(new_tokens: int, rounds: int) -> list[dict]:
     jobs = decoding_jobs(new_tokens)
@@ -127,6 +178,8 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_results/overhead.json")
     ap.add_argument("--by-site", action="store_true",
                     help=f"also count the torch calls of a '{SITES_CONFIG}' cycle per call site (untimed)")
+    ap.add_argument("--phases", action="store_true",
+                    help=f"also time a '{SITES_CONFIG}' cycle by phase (target forward, head steps, growth, the rest)")
     args = ap.parse_args(argv)
     rows = measure(args.new_tokens, args.rounds)
     print(f"| method (tiny random target, {torch.get_num_threads()} threads) | steps | ms per step (token / cycle) "
@@ -143,6 +196,13 @@ def main(argv=None):
             if calls / cycles >= 1:
                 print(f"| {site} | {calls / cycles:.0f} |")
         result["calls_per_cycle_by_site"] = {site: calls / cycles for site, calls in sites.most_common()}
+    if args.phases:
+        phases = time_by_phase(args.new_tokens, args.rounds)
+        print(f"\n| phase ({SITES_CONFIG}, median of {args.rounds} runs) | ms per cycle |")
+        print("|---|---|")
+        for phase, ms in phases.items():
+            print(f"| {phase} | {ms:.2f} |")
+        result["ms_per_cycle_by_phase"] = phases
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0

@@ -85,18 +85,6 @@ def rotate_query_key(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, 
     return (query * cos + query.roll(half, -1) * sin_signed, key * cos + key.roll(half, -1) * sin_signed)
 
 
-def linear(module: nn.Module, x: torch.Tensor, int8: bool = False) -> torch.Tensor:
-    """`module(x)`, by F.linear directly where that is all the call would do (`is_plain`): a head step calls a
-    dozen projections on a handful of tokens, and a module call costs about what such a product does. While
-    decoding (no gradients), by the module's `decoding_product`: prepacked where that serves, and weight-only
-    int8 with `int8`."""
-    if is_plain(module):
-        if inference_only():
-            return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)(x)
-        return F.linear(x, module.weight, module.bias)
-    return module(x)
-
-
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight-only int8 of W [N, K], one scale per output row n:
 
@@ -178,7 +166,7 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
     if cache is None:
         cache = owner.__dict__["_stacked_linears"] = {}
     cached = cache.get(name)
-    block = getattr(_fixed_weights, "block", None)
+    block = fixed_weights_block()
     if cached is not None and block is not None and cached[2] is block and cached[0][0] == int8:
         return cached[1]
     tensors = source if source is not None else tuple(p for pair in params for p in pair if p is not None)
@@ -203,11 +191,16 @@ def decoding_product(owner: nn.Module, name: str, params: tuple[tuple[torch.Tens
 _fixed_weights = threading.local()  # .block: the innermost `weights_fixed` block of this thread, or None
 
 
+def fixed_weights_block():
+    """The innermost `weights_fixed` block of this thread (an object), or None outside one."""
+    return getattr(_fixed_weights, "block", None)
+
+
 @contextmanager
 def weights_fixed():
     """A block in which no decoding weight changes (one generate call): `decoding_product` checks each product's
     weights once in it instead of on every call. Per thread; blocks nest."""
-    previous = getattr(_fixed_weights, "block", None)
+    previous = fixed_weights_block()
     _fixed_weights.block = object()
     try:
         yield
@@ -226,11 +219,18 @@ def stacked_linear(owner: nn.Module, name: str, modules: tuple[nn.Module, ...], 
     return decoding_product(owner, name, tuple((m.weight, m.bias) for m in modules), int8)
 
 
+def rms_normed(weight: torch.Tensor, eps: float, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm's forward, bit for bit (tested, float32 and bf16): x / sqrt(mean(x^2) + eps) in float32, cast
+    back, times the weight; one fused call instead of LlamaRMSNorm's six (the casts are skipped in float32)."""
+    if x.dtype == torch.float32:
+        return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
 def rms_norm(norm: LlamaRMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """What `norm(x)` computes, bit for bit (tested, float32 and bf16): x / sqrt(mean(x^2) + eps) in float32,
-    cast back, times the weight. One fused call instead of LlamaRMSNorm's six, for a head that runs its
-    norms several times per cycle on a handful of tokens."""
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+    """What `norm(x)` computes (`rms_normed` on its weight and epsilon), for a head that runs its norms several
+    times per cycle on a handful of tokens."""
+    return rms_normed(norm.weight, norm.variance_epsilon, x)
 
 
 class DecodingNorm:
@@ -240,20 +240,20 @@ class DecodingNorm:
         self.weight, self.eps = norm.weight, norm.variance_epsilon
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x if x.dtype == torch.float32 else x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * (normed if x.dtype == torch.float32 else normed.to(x.dtype))
+        return rms_normed(self.weight, self.eps, x)
 
 
 def projection(module: nn.Module, int8: bool = False):
-    """What a head step multiplies by for `module`: while decoding (no gradients), its `decoding_product` where
-    it is a plain nn.Linear (`is_plain`); otherwise the module itself, so hooks and adapters apply."""
+    """What a head step multiplies by for `module`: while decoding (`inference_only`), its `decoding_product`
+    (prepacked where that serves, weight-only int8 with `int8`) where it is a plain nn.Linear (`is_plain`);
+    otherwise the module itself, so hooks, adapters and autocast apply."""
     if is_plain(module) and inference_only():
         return decoding_product(module, "self", ((module.weight, module.bias),), int8=int8)
     return module
 
 
 def norm_of(norm: nn.Module):
-    """What a head step normalizes with for `norm`: while decoding (no gradients) a `DecodingNorm` where `norm`
+    """What a head step normalizes with for `norm`: while decoding (`inference_only`) a `DecodingNorm` where `norm`
     is a plain LlamaRMSNorm; otherwise `rms_norm` on the module (bit for bit its own forward)."""
     if is_plain(norm, LlamaRMSNorm) and inference_only():
         return DecodingNorm(norm)
@@ -278,11 +278,6 @@ def decoding_parts(owner: nn.Module, name: str, build, *key):
     return memo[2]
 
 
-def fixed_weights_block():
-    """The innermost `weights_fixed` block of this thread (an object), or None outside one."""
-    return getattr(_fixed_weights, "block", None)
-
-
 @dataclass(frozen=True)
 class AttentionParts:
     """What `head_attention` multiplies by and dispatches to. qkv: query, key and value stacked into one
@@ -301,7 +296,7 @@ class AttentionParts:
 
 def attention_parts(attn: nn.Module, int8: bool = False) -> AttentionParts:
     """The `AttentionParts` of a LlamaAttention-shaped module as it is now (its attention implementation, its
-    projections), for decoding where gradients are off (see `projection`)."""
+    projections), for decoding where gradients are off and nothing autocasts (see `projection`)."""
     D = attn.head_dim
     qkv = stacked_linear(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj), int8)
     q, k, v = (None, None, None) if qkv is not None else (projection(m, int8) for m in (attn.q_proj, attn.k_proj, attn.v_proj))

@@ -27,8 +27,8 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..compat import cache_kwargs
-from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, head_attention, inference_only, linear,
-                   rms_norm)
+from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, head_attention, inference_only,
+                   projection, rms_norm)
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -102,7 +102,7 @@ class Eagle3DraftModel(DraftHead):
     # ----------------------------------------------------------------------------------------- compute
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocabulary, from the normed output (forward's hidden_states)."""
-        return linear(self.lm_head, hidden_states, self.int8_weights)
+        return projection(self.lm_head, self.int8_weights)(hidden_states)
 
     def forward(self, input_ids=None, features=None, position_ids=None, attention_mask=None, cache=None,
                 inputs_embeds=None, past_key_values=None, max_position=None) -> DraftOutput:
@@ -113,7 +113,7 @@ class Eagle3DraftModel(DraftHead):
         h = features.to(e.dtype)
         int8 = self.int8_weights and inference_only()
         if h.shape[-1] != self.config.hidden_size:
-            h = linear(self.fc, h, int8)
+            h = projection(self.fc, int8)(h)
         layer = self.midlayer
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None and past > 0 and h.shape[1] > 1:
