@@ -3,7 +3,7 @@ each) of a random FSPAD head, SmolLM2-sized in bf16 or tiny in float32: the READ
 as generate runs it: inside `weights_fixed` (one generate call), on the cache a tree drafter keeps. Run it once
 per code version, alternating, in separate processes.
 
-    python examples/time_head_step.py [--tiny] [--cached 300] [--rounds 7] [--steps 200]
+    python examples/time_head_step.py [--tiny] [--cached 300] [--rounds 7] [--steps 200] [--extra-layers N]
     python examples/time_head_step.py --ops      # what single small ops cost on this CPU, one thread
     python examples/time_head_step.py --tiny --compile   # the same step with the head's forward torch.compile'd
     python examples/time_head_step.py --int8     # the head's products: bf16 / float32 F.linear against int8 weights
@@ -133,6 +133,7 @@ def main():
     ap.add_argument("--cached", type=int, default=None, help="tokens in the head's cache (default: 64 tiny, 300 SmolLM2)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--extra-layers", type=int, default=0, help="the head's extra decoder layers (num_extra_layers)")
     ap.add_argument("--ops", action="store_true", help="time single small ops instead")
     ap.add_argument("--int8", action="store_true", help="time the head's products on bf16, float32 and int8 weights")
     ap.add_argument("--packing", action="store_true", help="time F.linear against oneDNN-prepacked weights")
@@ -153,7 +154,7 @@ def main():
         config, dtype, cached = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
                                             num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True), torch.bfloat16, 300
     cached = args.cached or cached
-    head = FSPADDraftModel.from_target(LlamaForCausalLM(config).to(dtype).eval()).eval()
+    head = FSPADDraftModel.from_target(LlamaForCausalLM(config).to(dtype).eval(), num_extra_layers=args.extra_layers).eval()
     if args.compile:
         head.forward = torch.compile(head.forward, dynamic=True)
     H, cache = config.hidden_size, HeadDrafter(head, SpecDecodeStats()).cache  # the cache generate's drafter keeps

@@ -11,10 +11,11 @@ from hf_specdec.strategies.drafters import CausalLMDrafter, DeferredHeadDrafter,
 from conftest import tiny_target
 
 
-@pytest.mark.parametrize("cached,new", [(1, 2), (3, 4), (8, 4), (8, 1), (5, 7)])
-def test_head_catch_up_equals_a_full_forward(llama, cached, new):
+@pytest.mark.parametrize("cached,new,extra_layers", [(1, 2, 0), (3, 4, 0), (8, 4, 0), (8, 1, 0), (5, 7, 0),
+                                                    (3, 4, 2), (8, 1, 1)])
+def test_head_catch_up_equals_a_full_forward(llama, cached, new, extra_layers):
     torch.manual_seed(cached * 10 + new)
-    head = FSPADDraftModel.from_target(llama)
+    head = FSPADDraftModel.from_target(llama, num_extra_layers=extra_layers)
     n = cached + new
     tokens, features = torch.randint(1, 128, (1, n)), torch.randn(1, n, llama.config.hidden_size)
     full = head(input_ids=tokens, features=features)

@@ -32,6 +32,21 @@ def test_untrained_head_matches_stock_greedy(family, shape):
         assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("extra_layers,shape", [(1, (4, 4, 16)), (2, (2, 3, 8))])
+def test_head_with_extra_layers_matches_stock_greedy(extra_layers, shape):
+    """A head with extra decoder layers (their own KV cache entries, grown and cut with the first layer's) is
+    lossless as any head."""
+    target = tiny_target("llama", seed=4)
+    torch.manual_seed(extra_layers)
+    head = FSPADDraftModel.from_target(target, num_extra_layers=extra_layers)
+    top_k, depth, total = shape
+    for ids in prompts(3, 128, seed=7):
+        ref = target.generate(ids, max_new_tokens=24, do_sample=False)
+        out = target.generate(ids, assistant_model=head, strategy="fspad", max_new_tokens=24, tree_top_k=top_k,
+                              tree_depth=depth, tree_total_tokens=total)
+        assert torch.equal(out, ref)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("accuracy", [1.0, 0.8, 0.4])
 @pytest.mark.parametrize("shape", [(2, 3, 8), (4, 5, 20)])

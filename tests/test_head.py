@@ -193,6 +193,77 @@ def test_head_attention_is_llama_attention_bit_for_bit(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoder_layer_step_is_llama_decoder_layer_bit_for_bit(dtype):
+    """`decoder_layer_step` (a head's extra layers) gives LlamaDecoderLayer.forward's output exactly, with and
+    without a cache and a tree mask, on the modules (training) and on the decoding parts (stacked gate / up)."""
+    from transformers import DynamicCache, LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    from hf_specdec.draft.base import decoder_layer_parts, decoder_layer_step
+    from hf_specdec.tree import tree_attention_mask
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    layer, rotary = LlamaDecoderLayer(config, layer_idx=0).to(dtype).eval(), LlamaRotaryEmbedding(config)
+    x = torch.randn(1, 5, 64, dtype=dtype)
+    with torch.no_grad():
+        for cached in (0, 7):
+            caches = [DynamicCache(), DynamicCache(), DynamicCache()]
+            if cached:
+                prefix = torch.randn(1, cached, 64, dtype=dtype)
+                pe = rotary(prefix, torch.arange(cached)[None])
+                for c in caches:
+                    layer(prefix, position_embeddings=pe, cache=c)
+            pos = torch.tensor([[cached, cached + 1, cached + 1, cached + 2, cached + 3]])
+            pe = rotary(x, pos)
+            mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                                                      [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), cached, dtype)
+            ref = layer(x, position_embeddings=pe, attention_mask=mask, cache=caches[0])
+            parts = decoder_layer_parts(layer)
+            assert parts.gate_up is not None  # decoding: gate and up in one product
+            ours = decoder_layer_step(layer, x, pe, mask, caches[1], is_causal=False, parts=parts)
+            assert torch.equal(ref, ours), cached
+            with torch.enable_grad():  # training: the modules one by one
+                modules = decoder_layer_step(layer, x, pe, mask, caches[2], is_causal=False)
+            assert torch.equal(ref, modules.detach()), cached
+
+
+@pytest.mark.parametrize("variant", ["fspad", "eagle2"])
+def test_a_grown_head_drafts_as_before_until_trained(llama, variant, tmp_path):
+    """with_extra_layers adds decoder layers on the logit half that start as no-ops: the same outputs, the old
+    weights kept; the fed-back feature stays the first layer's once they change; a head only grows; the grown
+    head saves and loads with its layers; other projects' one-layer layouts refuse it."""
+    from hf_specdec.draft.formats import export_state
+
+    torch.manual_seed(5)
+    head = FSPADDraftModel.from_target(llama, variant=variant).eval()
+    grown = head.with_extra_layers(2)
+    assert grown.config.num_extra_layers == 2 and len(grown.extra_layers) == 2 and not grown.training
+    ids, feats = torch.tensor([[5, 9, 11, 2]]), torch.randn(1, 4, 64)
+    with torch.no_grad():
+        before, after = head(input_ids=ids, features=feats), grown(input_ids=ids, features=feats)
+        assert torch.equal(before.hidden_states, after.hidden_states) and torch.equal(before.features, after.features)
+        for name, value in head.state_dict().items():
+            assert torch.equal(grown.state_dict()[name], value), name
+        grown.extra_layers[1].mlp.down_proj.weight.normal_()
+        changed = grown(input_ids=ids, features=feats)
+    assert not torch.equal(changed.hidden_states, before.hidden_states)
+    assert torch.equal(changed.features, before.features)  # the fed-back feature is the first layer's
+    with pytest.raises(ValueError, match="it only grows"):
+        grown.with_extra_layers(1)
+    grown.save_pretrained(tmp_path)
+    loaded = FSPADDraftModel.from_pretrained(tmp_path).attach_target(llama).eval()
+    assert loaded.config.num_extra_layers == 2
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, features=feats).hidden_states, changed.hidden_states)
+    with pytest.raises(ValueError, match="extra decoder layers"):
+        export_state(grown, "fspad-reference" if variant == "fspad" else "eagle")
+    with pytest.raises(ValueError, match="num_extra_layers"):
+        FSPADDraftModel.from_target(llama, num_extra_layers=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_table_lookup_is_the_rotary_embedding_bit_for_bit(llama, dtype):
     """A head forward told a bound on its positions (a drafter's cache length) looks cos / sin up in a table; the
     values, and so the head's outputs, are the rotary module's own, as the table grows and after a dtype change."""
@@ -218,8 +289,8 @@ def test_rotary_table_lookup_is_the_rotary_embedding_bit_for_bit(llama, dtype):
             assert ours.dtype == other and torch.equal(ours, ref)
 
 
-@pytest.mark.parametrize("variant", ["fspad", "eagle2"])
-def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant):
+@pytest.mark.parametrize("variant,extra_layers", [("fspad", 0), ("eagle2", 0), ("fspad", 1), ("eagle2", 2)])
+def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant, extra_layers):
     """While decoding (no gradients) the head stacks q/k/v and gate/up weights into one product each and calls
     plain projections by F.linear; with gradients on (training) every projection is called as its module. Both
     give the same values, float32, with a cache and a tree mask; the stacked weights follow an in-place weight
@@ -230,7 +301,7 @@ def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant):
     from hf_specdec.tree import GrowingCache, tree_attention_mask
 
     torch.manual_seed(3)
-    head = FSPADDraftModel.from_target(llama, variant=variant).eval()
+    head = FSPADDraftModel.from_target(llama, variant=variant, num_extra_layers=extra_layers).eval()
     ids, feats = torch.tensor([[5, 9, 11, 2, 7]]), torch.randn(1, 5, 64)
     prefix_ids, prefix_feats = torch.tensor([[1, 4, 6]]), torch.randn(1, 3, 64)
     mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],

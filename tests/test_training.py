@@ -324,6 +324,27 @@ def test_training_can_continue_from_a_trained_head(tiny_features, tmp_path):
         train_mod.train(_args(tmp_path / "c", features, init=str(first), draft_vocab=64, max_steps=1), target=target)
 
 
+def test_a_continued_head_can_grow_extra_layers(tiny_features, tmp_path):
+    """--extra-layers with --init grows the continued head (with_extra_layers): before any step it is the head it
+    started from; training moves the new layers off their zero output projections; a continued head never
+    shrinks."""
+    target, features = tiny_features
+    samples = load_samples(features)
+    first = train_mod.train(_args(tmp_path / "a", features, max_steps=4, save_every=0), target=target)
+    start = train_mod.evaluate(FSPADDraftModel.from_pretrained(first).attach_target(target).float(), samples, 256)
+    untouched = train_mod.train(_args(tmp_path / "b", features, init=str(first), extra_layers=1, epochs=0, save_every=0),
+                                target=target)
+    head = FSPADDraftModel.from_pretrained(untouched).attach_target(target).float()
+    assert head.config.num_extra_layers == 1
+    assert train_mod.evaluate(head, samples, 256)["loss"] == pytest.approx(start["loss"], rel=1e-6)
+    trained = train_mod.train(_args(tmp_path / "c", features, init=str(first), extra_layers=1, max_steps=6,
+                                    save_every=0), target=target)
+    layer = FSPADDraftModel.from_pretrained(trained).extra_layers[0]
+    assert layer.self_attn.o_proj.weight.abs().sum() > 0 and layer.mlp.down_proj.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="a continued head only grows"):
+        train_mod.train(_args(tmp_path / "d", features, init=str(trained), extra_layers=0, max_steps=1), target=target)
+
+
 def test_a_continued_head_keeps_its_variant(tiny_features, tmp_path):
     """--init of an EAGLE-2 head continues it as EAGLE-2 without --variant; a --variant that contradicts the head
     is an error naming both."""

@@ -344,6 +344,48 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
     return p.o(out.reshape(*input_shape, -1).contiguous())
 
 
+@dataclass(frozen=True)
+class DecoderLayerParts:
+    """What `decoder_layer_step` multiplies by and normalizes with for one LlamaDecoderLayer-shaped layer:
+    its norms (`norm_of`), its attention's `AttentionParts`, and its MLP's projections, gate and up stacked into
+    one product while decoding (gate_up; None where the projections are called one by one: training, adapters)."""
+
+    input_norm: object
+    attention: AttentionParts
+    post_norm: object
+    gate_up: "Product | None"
+    gate: object
+    up: object
+    down: object
+    act: object
+
+
+def decoder_layer_parts(layer: nn.Module, int8: bool = False) -> DecoderLayerParts:
+    """The `DecoderLayerParts` of `layer` as it is now (see `projection`)."""
+    mlp = layer.mlp
+    gate_up = stacked_linear(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj), int8)
+    return DecoderLayerParts(
+        input_norm=norm_of(layer.input_layernorm), attention=attention_parts(layer.self_attn, int8),
+        post_norm=norm_of(layer.post_attention_layernorm), gate_up=gate_up,
+        gate=projection(mlp.gate_proj, int8) if gate_up is None else None,
+        up=projection(mlp.up_proj, int8) if gate_up is None else None,
+        down=projection(mlp.down_proj, int8), act=mlp.act_fn,
+    )
+
+
+def decoder_layer_step(layer: nn.Module, x: torch.Tensor, position_embeddings, attention_mask, cache, is_causal: bool,
+                       parts: DecoderLayerParts | None = None) -> torch.Tensor:
+    """What `layer(x, ...)` (a LlamaDecoderLayer) computes, on its parts directly (`head_attention`'s reasons):
+    x + Attn(RMSNorm(x)), then + MLP(RMSNorm(.)). `parts`: `decoder_layer_parts(layer)`, where the caller
+    keeps them (`decoding_parts`)."""
+    p = parts if parts is not None else decoder_layer_parts(layer)
+    a = x + head_attention(layer.self_attn, p.input_norm(x), position_embeddings, attention_mask, cache, is_causal,
+                           parts=p.attention)
+    m = p.post_norm(a)
+    gate, up = p.gate_up(m).chunk(2, dim=-1) if p.gate_up is not None else (p.gate(m), p.up(m))
+    return a + p.down(p.act(gate) * up)
+
+
 DRAFT_INT8 = True  # strategy="fspad"'s default where it serves and pays; measured (README, "Int8 head weights")
 # The head dtypes whose int8 step measured faster than the exact one on the CPU. bf16: a cold SmolLM2 head step
 # 4.61 -> 3.25 ms; float32: 11.8 -> 31.7 ms, torch's float32-activation int8 kernel being far slower than its

@@ -19,6 +19,8 @@ class FSPADConfig(DraftHeadConfig):
             Both False gives the EAGLE-2 baseline head; one of them gives the paper's single-component ablations.
         draft_vocab_size: score only this many target tokens (a frozen slice of the target's lm_head selected
             by the saved `draft_to_target` map). None scores the full vocabulary.
+        num_extra_layers: plain Llama decoder layers after the first, on the half the logits read (more capacity
+            for the draft distribution; the fed-back feature stays the first layer's). 0: the paper's head.
         target_*: what the head was made for; checked when the head is paired with a target.
     """
 
@@ -33,6 +35,7 @@ class FSPADConfig(DraftHeadConfig):
         target_model_type: str | None = None,
         target_tokenizer_hash: str | None = None,
         target_adapter: str | None = None,
+        num_extra_layers: int = 0,
         **kwargs,
     ):
         self.fc_bias = fc_bias
@@ -42,7 +45,12 @@ class FSPADConfig(DraftHeadConfig):
         self.target_model_type = target_model_type
         self.target_tokenizer_hash = target_tokenizer_hash
         self.target_adapter = target_adapter
+        if not isinstance(num_extra_layers, int) or num_extra_layers < 0:
+            raise ValueError(f"num_extra_layers must be a non-negative int, got {num_extra_layers!r}.")
+        self.num_extra_layers = num_extra_layers
         super().__init__(**kwargs)  # the layer's shape: DraftHeadConfig
+        # what transformers' Llama modules read from a config (the extra layers' MLPs)
+        self.hidden_act, self.mlp_bias = "silu", False
 
     @property
     def variant(self) -> str:

@@ -288,6 +288,9 @@ def export_state(head: FSPADDraftModel, layout: str) -> tuple[dict, dict[str, to
             + (": EAGLE-1/2 has no feature-sampling block or split (PAD) output; use layout 'fspad-reference'."
                if layout == "eagle" else ".")
         )
+    if head.config.num_extra_layers:
+        raise ValueError(f"A head with extra decoder layers ({head.config.num_extra_layers}) cannot be written in the "
+                         f"{layout} layout, which holds one layer; save it in ours (save_pretrained).")
     inverse = {ours: theirs for theirs, ours in KEY_MAPS[layout].items()}
     own = {k: v for k, v in head.state_dict().items() if k != "draft_to_target"}
     tensors = {inverse[k]: v.detach().contiguous().clone() for k, v in own.items()}

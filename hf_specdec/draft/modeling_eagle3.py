@@ -26,9 +26,8 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
-from ..compat import cache_kwargs
-from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, head_attention, inference_only,
-                   projection, rms_norm)
+from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoder_layer_parts, decoder_layer_step,
+                   decoding_parts, head_attention, inference_only, projection, rms_norm)
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -126,11 +125,14 @@ class Eagle3DraftModel(DraftHead):
         residual = normed_h if layer.norm_before_residual else h
         parts = decoding_parts(self, "attention", lambda: attention_parts(layer.self_attn, int8), int8,
                                self.config._attn_implementation)
+        is_causal = attention_mask is None and h.shape[1] > 1
         attn = head_attention(layer.self_attn, torch.cat([rms_norm(layer.input_layernorm, e), normed_h], dim=-1), cos_sin,
-                              attention_mask, cache, is_causal=attention_mask is None and h.shape[1] > 1, parts=parts)
+                              attention_mask, cache, is_causal=is_causal, parts=parts)
         out = residual + attn
         out = out + layer.mlp(rms_norm(layer.post_attention_layernorm, out))
-        for extra in self.extra_layers:
-            out = extra(out, attention_mask=attention_mask, position_ids=position_ids, position_embeddings=cos_sin[:2],
-                        **cache_kwargs(cache))
+        if self.extra_layers:
+            extra = decoding_parts(self, "extra", lambda: [decoder_layer_parts(x, int8) for x in self.extra_layers], int8,
+                                   self.config._attn_implementation)
+            for layer, layer_parts in zip(self.extra_layers, extra):
+                out = decoder_layer_step(layer, out, cos_sin, attention_mask, cache, is_causal, layer_parts)
         return DraftOutput(hidden_states=rms_norm(self.norm, out), features=out, cache=cache)

@@ -10,7 +10,10 @@ next token, f = f_t the target's last hidden state (after its final norm) at pos
     logits  = lm_head(out[:, :H])                            the target's own (frozen) lm_head
     f_{t+1} ~ out[:, H:]                                     regressed feature, fed back while drafting
 
-Without PAD the MLP is I -> H and both roles use the same vector (the EAGLE-2 baseline).
+Without PAD the MLP is I -> H and both roles use the same vector (the EAGLE-2 baseline). With
+`num_extra_layers` n > 0 (our extension, not the paper's), n plain Llama decoder layers run on the logit half
+before the lm_head, and the fed-back feature stays the first layer's: more capacity for the draft distribution,
+the feature loop unchanged; `with_extra_layers` grows a trained head so that it drafts as before until trained.
 The target's embedding and lm_head are *borrowed* (`attach_target`), never stored in the checkpoint.
 """
 
@@ -22,10 +25,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
-from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaRMSNorm,
+                                                      LlamaRotaryEmbedding)
 
-from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoding_parts, decoding_product,
-                   embedding_fingerprint, head_attention, inference_only, is_plain, norm_of, projection, stacked_linear, tokenizer_hash)
+from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoder_layer_parts, decoder_layer_step,
+                   decoding_parts, decoding_product, embedding_fingerprint, head_attention, inference_only, is_plain,
+                   norm_of, projection, stacked_linear, tokenizer_hash)
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -54,6 +59,7 @@ class FSPADDraftModel(DraftHead):
         self.gate_proj = nn.Linear(H, I, bias=False)
         self.up_proj = nn.Linear(H, I, bias=False)
         self.down_proj = nn.Linear(I, 2 * H if config.use_partial_alignment else H, bias=False)
+        self.extra_layers = nn.ModuleList(LlamaDecoderLayer(config, layer_idx=1 + i) for i in range(config.num_extra_layers))
         self.rotary_emb = LlamaRotaryEmbedding(config.rotary_config())
         if config.draft_vocab_size is not None:
             self.register_buffer("draft_to_target", torch.zeros(config.draft_vocab_size, dtype=torch.long))
@@ -184,6 +190,8 @@ class FSPADDraftModel(DraftHead):
             hidden, features_out = a + mlp[..., :H], a + mlp[..., H:]
         else:
             hidden = features_out = a + mlp
+        for layer, parts in zip(self.extra_layers, p.extra):
+            hidden = decoder_layer_step(layer, hidden, cos_sin, attention_mask, cache, is_causal, parts)
         return FSPADOutput(hidden_states=hidden, features=features_out, cache=cache)
 
     def _step_parts(self, int8: bool) -> SimpleNamespace:
@@ -203,4 +211,29 @@ class FSPADDraftModel(DraftHead):
             gate=projection(self.gate_proj, int8) if gate_up is None else None,
             up=projection(self.up_proj, int8) if gate_up is None else None,
             down=projection(self.down_proj, int8),
+            extra=[decoder_layer_parts(layer, int8) for layer in self.extra_layers],
         )
+
+    def with_extra_layers(self, n: int) -> "FSPADDraftModel":
+        """This head with `n` extra decoder layers (config.num_extra_layers, module docstring): the ones it has
+        keep their weights, the new ones start with zero output projections (o_proj, down_proj), so each adds
+        nothing and the grown head drafts exactly as this one until it is trained (the zeros get gradients
+        first, the rest of the layer after). Attached to this head's target, if it has one."""
+        have = self.config.num_extra_layers
+        if not isinstance(n, int) or n < have:
+            raise ValueError(f"with_extra_layers({n!r}): the head has {have} extra layers already; it only grows.")
+        config = self.config.__class__.from_dict({**self.config.to_dict(), "num_extra_layers": n})
+        config._attn_implementation = self.config._attn_implementation
+        grown = self.__class__(config).to(device=self.device, dtype=self.dtype)
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        new = {f"extra_layers.{i}." for i in range(have, n)}
+        if unexpected or any(not any(k.startswith(prefix) for prefix in new) for k in missing):
+            raise RuntimeError(f"with_extra_layers: state mismatch (missing {missing}, unexpected {unexpected}).")
+        with torch.no_grad():
+            for layer in grown.extra_layers[have:]:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+        grown.generation_config = self.generation_config
+        if getattr(self, "_target", None) is not None:
+            grown._target = self._target
+        return grown.train(self.training)

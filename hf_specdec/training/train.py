@@ -318,9 +318,16 @@ def train(args, target=None, tokenizer=None) -> Path:
                                  "part of a head's own draft vocabulary (train a new head for a first one).")
             shrink_draft_vocabulary(head, train_samples, args.draft_vocab)
         head.attach_target(target, tokenizer)
+        if args.extra_layers is not None and args.extra_layers != head.config.num_extra_layers:
+            if args.extra_layers < head.config.num_extra_layers:
+                raise ValueError(f"--extra-layers {args.extra_layers}: --init {args.init} has "
+                                 f"{head.config.num_extra_layers} already; a continued head only grows.")
+            head = head.with_extra_layers(args.extra_layers)  # the new layers start adding nothing
     else:
         args.variant = args.variant or "fspad"
         overrides = {"draft_vocab_size": args.draft_vocab} if args.draft_vocab else {}
+        if args.extra_layers:
+            overrides["num_extra_layers"] = args.extra_layers
         head = FSPADDraftModel.from_target(target, tokenizer, variant=args.variant,
                                            target_adapter=manifest.get("adapter"), **overrides)
     if args.draft_vocab and not args.init:
@@ -440,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the head to train (default: fspad, or with --init the continued head's own)")
     p.add_argument("--draft-vocab", type=int, default=None, help="score only the N most frequent tokens")
     p.add_argument("--init", default=None, help="start from this trained head (its variant; its draft vocabulary, or with --draft-vocab N the N most frequent of its draft tokens)")
+    p.add_argument("--extra-layers", type=int, default=None,
+                   help="decoder layers after the head's first, on the logit half (FSPADConfig.num_extra_layers); "
+                        "with --init, a continued head grows to this many, the new ones starting as no-ops")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
