@@ -160,33 +160,45 @@ def test_head_rms_norm_is_llama_rms_norm_bit_for_bit(dtype):
         assert torch.equal(DecodingNorm(norm)(x), norm(x))
 
 
+FIVE_NODE_TREE = torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]],
+                              dtype=torch.bool)
+
+
+def tree_steps_after_prefixes(fill, rotary, x, copies):
+    """For 0 and 7 cached positions: (cached, `copies` caches each filled by fill(prefix, position embeddings,
+    cache), the rotary embedding at a five-node tree's positions after them, the tree's mask)."""
+    from transformers import DynamicCache
+
+    from hf_specdec.tree import tree_attention_mask
+
+    for cached in (0, 7):
+        caches = [DynamicCache() for _ in range(copies)]
+        if cached:
+            prefix = torch.randn(1, cached, x.shape[-1], dtype=x.dtype)
+            pe = rotary(prefix, torch.arange(cached)[None])
+            for c in caches:
+                fill(prefix, pe, c)
+        pos = torch.tensor([[cached, cached + 1, cached + 1, cached + 2, cached + 3]])
+        yield cached, caches, rotary(x, pos), tree_attention_mask(FIVE_NODE_TREE, cached, x.dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_head_attention_is_llama_attention_bit_for_bit(dtype):
     """The head's attention path (its projections called directly, the rotary embedding by a roll) gives exactly
     LlamaAttention.forward's output, with and without a cache and a tree mask."""
-    from transformers import DynamicCache, LlamaConfig
+    from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
     from hf_specdec.draft.base import head_attention
-    from hf_specdec.tree import tree_attention_mask
 
     config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     attn, rotary = LlamaAttention(config, layer_idx=0).to(dtype).eval(), LlamaRotaryEmbedding(config)
     x = torch.randn(1, 5, 64, dtype=dtype)
+    fill = lambda prefix, pe, cache: attn(prefix, position_embeddings=pe, attention_mask=None, cache=cache)  # noqa: E731
     with torch.no_grad():
-        for cached in (0, 7):
-            caches = [DynamicCache(), DynamicCache()]
-            if cached:
-                prefix = torch.randn(1, cached, 64, dtype=dtype)
-                pe = rotary(prefix, torch.arange(cached)[None])
-                for c in caches:
-                    attn(prefix, position_embeddings=pe, attention_mask=None, cache=c)
-            pos = torch.tensor([[cached, cached + 1, cached + 1, cached + 2, cached + 3]])
-            pe = rotary(x, pos)
-            mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
-                                                      [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), cached, dtype)
+        for cached, caches, pe, mask in tree_steps_after_prefixes(fill, rotary, x, copies=2):
             ref, _ = attn(x, position_embeddings=pe, attention_mask=mask, cache=caches[0])
             ours = head_attention(attn, x, pe, mask, caches[1], is_causal=False)
             assert torch.equal(ref, ours), cached
@@ -196,32 +208,22 @@ def test_head_attention_is_llama_attention_bit_for_bit(dtype):
 def test_decoder_layer_step_is_llama_decoder_layer_bit_for_bit(dtype):
     """`decoder_layer_step` (a head's extra layers) gives LlamaDecoderLayer.forward's output exactly, with and
     without a cache and a tree mask, on the modules (training) and on the decoding parts (stacked gate / up)."""
-    from transformers import DynamicCache, LlamaConfig
+    from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
     from hf_specdec.draft.base import decoder_layer_parts, decoder_layer_step
-    from hf_specdec.tree import tree_attention_mask
 
     config = LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     layer, rotary = LlamaDecoderLayer(config, layer_idx=0).to(dtype).eval(), LlamaRotaryEmbedding(config)
     x = torch.randn(1, 5, 64, dtype=dtype)
+    fill = lambda prefix, pe, cache: layer(prefix, position_embeddings=pe, cache=cache)  # noqa: E731
     with torch.no_grad():
-        for cached in (0, 7):
-            caches = [DynamicCache(), DynamicCache(), DynamicCache()]
-            if cached:
-                prefix = torch.randn(1, cached, 64, dtype=dtype)
-                pe = rotary(prefix, torch.arange(cached)[None])
-                for c in caches:
-                    layer(prefix, position_embeddings=pe, cache=c)
-            pos = torch.tensor([[cached, cached + 1, cached + 1, cached + 2, cached + 3]])
-            pe = rotary(x, pos)
-            mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
-                                                      [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), cached, dtype)
+        for cached, caches, pe, mask in tree_steps_after_prefixes(fill, rotary, x, copies=3):
             ref = layer(x, position_embeddings=pe, attention_mask=mask, cache=caches[0])
             parts = decoder_layer_parts(layer)
-            assert parts.gate_up is not None  # decoding: gate and up in one product
+            assert parts.mlp.gate_up is not None  # decoding: gate and up in one product
             ours = decoder_layer_step(layer, x, pe, mask, caches[1], is_causal=False, parts=parts)
             assert torch.equal(ref, ours), cached
             with torch.enable_grad():  # training: the modules one by one
@@ -304,8 +306,7 @@ def test_decoding_head_step_equals_the_module_path_bit_for_bit(llama, variant, e
     head = FSPADDraftModel.from_target(llama, variant=variant, num_extra_layers=extra_layers).eval()
     ids, feats = torch.tensor([[5, 9, 11, 2, 7]]), torch.randn(1, 5, 64)
     prefix_ids, prefix_feats = torch.tensor([[1, 4, 6]]), torch.randn(1, 3, 64)
-    mask = tree_attention_mask(torch.tensor([[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
-                                              [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]], dtype=torch.bool), 3, torch.float32)
+    mask = tree_attention_mask(FIVE_NODE_TREE, 3, torch.float32)
     pos = torch.tensor([[3, 4, 4, 5, 6]])
 
     def step(grad: bool, cache_type=DynamicCache):

@@ -345,14 +345,10 @@ def head_attention(attn: nn.Module, hidden_states: torch.Tensor, position_embedd
 
 
 @dataclass(frozen=True)
-class DecoderLayerParts:
-    """What `decoder_layer_step` multiplies by and normalizes with for one LlamaDecoderLayer-shaped layer:
-    its norms (`norm_of`), its attention's `AttentionParts`, and its MLP's projections, gate and up stacked into
-    one product while decoding (gate_up; None where the projections are called one by one: training, adapters)."""
+class MLPParts:
+    """What `gated_mlp` multiplies by: gate and up stacked into one `decoding_product` while decoding (gate_up;
+    None where they are called one by one: training, adapters, hooks), the down projection, the activation."""
 
-    input_norm: object
-    attention: AttentionParts
-    post_norm: object
     gate_up: "Product | None"
     gate: object
     up: object
@@ -360,16 +356,38 @@ class DecoderLayerParts:
     act: object
 
 
+def mlp_parts(owner: nn.Module, gate: nn.Module, up: nn.Module, down: nn.Module, act, int8: bool = False) -> MLPParts:
+    """The `MLPParts` of a SwiGLU MLP as it is now (see `projection`, `stacked_linear`); the stacked product is
+    kept on `owner`."""
+    gate_up = stacked_linear(owner, "gate_up", (gate, up), int8)
+    return MLPParts(gate_up=gate_up, gate=projection(gate, int8) if gate_up is None else None,
+                    up=projection(up, int8) if gate_up is None else None, down=projection(down, int8), act=act)
+
+
+def gated_mlp(p: MLPParts, x: torch.Tensor) -> torch.Tensor:
+    """down(act(gate(x)) * up(x)), LlamaMLP's forward bit for bit (tested)."""
+    gate, up = p.gate_up(x).chunk(2, dim=-1) if p.gate_up is not None else (p.gate(x), p.up(x))
+    return p.down(p.act(gate) * up)
+
+
+@dataclass(frozen=True)
+class DecoderLayerParts:
+    """What `decoder_layer_step` multiplies by and normalizes with for one LlamaDecoderLayer-shaped layer: its
+    norms (`norm_of`), its attention's `AttentionParts` and its MLP's `MLPParts`."""
+
+    input_norm: object
+    attention: AttentionParts
+    post_norm: object
+    mlp: MLPParts
+
+
 def decoder_layer_parts(layer: nn.Module, int8: bool = False) -> DecoderLayerParts:
     """The `DecoderLayerParts` of `layer` as it is now (see `projection`)."""
     mlp = layer.mlp
-    gate_up = stacked_linear(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj), int8)
     return DecoderLayerParts(
         input_norm=norm_of(layer.input_layernorm), attention=attention_parts(layer.self_attn, int8),
-        post_norm=norm_of(layer.post_attention_layernorm), gate_up=gate_up,
-        gate=projection(mlp.gate_proj, int8) if gate_up is None else None,
-        up=projection(mlp.up_proj, int8) if gate_up is None else None,
-        down=projection(mlp.down_proj, int8), act=mlp.act_fn,
+        post_norm=norm_of(layer.post_attention_layernorm),
+        mlp=mlp_parts(mlp, mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, int8),
     )
 
 
@@ -381,9 +399,7 @@ def decoder_layer_step(layer: nn.Module, x: torch.Tensor, position_embeddings, a
     p = parts if parts is not None else decoder_layer_parts(layer)
     a = x + head_attention(layer.self_attn, p.input_norm(x), position_embeddings, attention_mask, cache, is_causal,
                            parts=p.attention)
-    m = p.post_norm(a)
-    gate, up = p.gate_up(m).chunk(2, dim=-1) if p.gate_up is not None else (p.gate(m), p.up(m))
-    return a + p.down(p.act(gate) * up)
+    return a + gated_mlp(p.mlp, p.post_norm(a))
 
 
 DRAFT_INT8 = True  # strategy="fspad"'s default where it serves and pays; measured (README, "Int8 head weights")

@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoder_layer_parts, decoder_layer_step,
-                   decoding_parts, head_attention, inference_only, projection, rms_norm)
+                   decoding_parts, gated_mlp, head_attention, inference_only, mlp_parts, projection, rms_norm)
 from .configuration_eagle3 import Eagle3Config
 
 
@@ -129,7 +129,9 @@ class Eagle3DraftModel(DraftHead):
         attn = head_attention(layer.self_attn, torch.cat([rms_norm(layer.input_layernorm, e), normed_h], dim=-1), cos_sin,
                               attention_mask, cache, is_causal=is_causal, parts=parts)
         out = residual + attn
-        out = out + layer.mlp(rms_norm(layer.post_attention_layernorm, out))
+        mlp = decoding_parts(self, "mlp", lambda: mlp_parts(layer.mlp, layer.mlp.gate_proj, layer.mlp.up_proj,
+                                                            layer.mlp.down_proj, layer.mlp.act_fn, int8), int8)
+        out = out + gated_mlp(mlp, rms_norm(layer.post_attention_layernorm, out))
         if self.extra_layers:
             extra = decoding_parts(self, "extra", lambda: [decoder_layer_parts(x, int8) for x in self.extra_layers], int8,
                                    self.config._attn_implementation)

@@ -29,8 +29,8 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
                                                       LlamaRotaryEmbedding)
 
 from .base import (DraftHead, DraftOutput, TargetParts, attention_parts, decoder_layer_parts, decoder_layer_step,
-                   decoding_parts, decoding_product, embedding_fingerprint, head_attention, inference_only, is_plain,
-                   norm_of, projection, stacked_linear, tokenizer_hash)
+                   decoding_parts, decoding_product, embedding_fingerprint, gated_mlp, head_attention, inference_only,
+                   is_plain, mlp_parts, norm_of, projection, tokenizer_hash)
 from .configuration_fspad import FSPADConfig
 
 # hidden_states: the logit half; features: the regressed next features (see DraftOutput)
@@ -179,12 +179,7 @@ class FSPADDraftModel(DraftHead):
         cos_sin = self.position_embeddings(h, position_ids, max_position)
         is_causal = attention_mask is None and h.shape[1] > 1
         a = h + head_attention(self.self_attn, h, cos_sin, attention_mask, cache, is_causal, parts=p.attention)
-        m = p.post_norm(a)
-        if p.gate_up is not None:  # decoding: one product for both (see stacked_linear)
-            gate, up = p.gate_up(m).chunk(2, dim=-1)
-        else:
-            gate, up = p.gate(m), p.up(m)
-        mlp = p.down(F.silu(gate) * up)
+        mlp = gated_mlp(p.mlp, p.post_norm(a))
         if self._partial_alignment:
             H = a.shape[-1]
             hidden, features_out = a + mlp[..., :H], a + mlp[..., H:]
@@ -198,7 +193,6 @@ class FSPADDraftModel(DraftHead):
         """What `forward` multiplies by and normalizes with (`projection`, `norm_of`, `attention_parts`): the
         modules themselves while training, products prepared for decoding otherwise."""
         fs = self._feature_sampling
-        gate_up = stacked_linear(self, "gate_up", (self.gate_proj, self.up_proj), int8)
         return SimpleNamespace(
             fc=projection(self.fc, int8),
             fs_norm=norm_of(self.fs_norm) if fs else None,
@@ -207,10 +201,7 @@ class FSPADDraftModel(DraftHead):
             fs_down=projection(self.fs_down_proj, int8) if fs else None,
             attention=attention_parts(self.self_attn, int8),
             post_norm=norm_of(self.post_attention_layernorm),
-            gate_up=gate_up,
-            gate=projection(self.gate_proj, int8) if gate_up is None else None,
-            up=projection(self.up_proj, int8) if gate_up is None else None,
-            down=projection(self.down_proj, int8),
+            mlp=mlp_parts(self, self.gate_proj, self.up_proj, self.down_proj, F.silu, int8),
             extra=[decoder_layer_parts(layer, int8) for layer in self.extra_layers],
         )
 
@@ -226,8 +217,8 @@ class FSPADDraftModel(DraftHead):
         config._attn_implementation = self.config._attn_implementation
         grown = self.__class__(config).to(device=self.device, dtype=self.dtype)
         missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
-        new = {f"extra_layers.{i}." for i in range(have, n)}
-        if unexpected or any(not any(k.startswith(prefix) for prefix in new) for k in missing):
+        new = tuple(f"extra_layers.{i}." for i in range(have, n))
+        if unexpected or not all(k.startswith(new) for k in missing):
             raise RuntimeError(f"with_extra_layers: state mismatch (missing {missing}, unexpected {unexpected}).")
         with torch.no_grad():
             for layer in grown.extra_layers[have:]:
