@@ -8,6 +8,7 @@ COMMANDS = {
     "demo": ("hf_specdec.demo", "the default model with and without strategy='fspad': texts, tau, speedup"),
     "costs": ("hf_specdec.bench.costs", "cost of a tree verification forward and of one head step"),
     "ceiling": ("hf_specdec.bench.ceiling", "speed at a known draft accuracy (oracle head) per tree shape"),
+    "sampling-ceiling": ("hf_specdec.bench.sampling_ceiling", "expected tau at T > 0: the head against the target drafting its own tree (q = p)"),
     "bench": ("hf_specdec.bench.specbench", "Spec-Bench: stock vs prompt lookup vs fspad / EAGLE-2 heads vs spechub rules"),
     "bench-batch": ("hf_specdec.bench.batch", "batched stock greedy vs batched fspad, B = 1, 2, 4, 8: tokens/s, identity"),
     "acceptance": ("hf_specdec.bench.acceptance", "per-node acceptance of RRS / RRSw / SpecHub on real (p, q) pairs"),

@@ -316,3 +316,47 @@ def test_overhead_times_a_cycle_by_phase_and_restores_the_engine():
     assert all(phases[p] > 0 for p in overhead.PHASES)
     assert abs(sum(phases[p] for p in overhead.PHASES) - phases["cycle"]) < 1e-6
     assert (engine.target_forward, drafters.HeadDrafter.catch_up, drafters.HeadDrafter.expand, fspad.grow_tree) == before
+
+
+def test_a_target_drafting_its_own_tree_scores_every_node_with_its_own_probabilities(llama):
+    """The sampling ceiling's drafter (the target as an ordinary causal-LM drafter in fspad's tree growth): every
+    node's estimate is the product of the target's probabilities along its path, each from a plain forward of
+    that prefix (q = p at every node, so the tree is ranked by what verification accepts)."""
+    from hf_specdec.strategies.common import SpecDecodeStats
+    from hf_specdec.strategies.drafters import CausalLMDrafter
+    from hf_specdec.strategies.fspad import TreeDrafts, TreeShape
+
+    prompt = torch.tensor([[5, 17, 42, 9, 33]])
+    first = torch.tensor([61])
+    drafter = CausalLMDrafter(llama, SpecDecodeStats())
+    with torch.no_grad():
+        state = drafter.start(prompt, first, None)
+        tree = TreeDrafts(drafter, TreeShape(3, 3, 10, lookup_tokens=0), None, "merge", None, sampling=True)(
+            torch.cat([prompt, first[:, None]], 1), state, prompt.shape[1])
+        assert tree.tokens.shape[1] == 10 and int(tree.depths.max()) == 3
+        for node in range(1, tree.tokens.shape[1]):
+            path = [n for n in range(tree.tokens.shape[1]) if tree.ancestors[0, node, n]]  # root first
+            text = torch.cat([prompt, tree.tokens[:, path]], 1)
+            p = llama(text).logits[0].float().softmax(-1)
+            start = prompt.shape[1]  # the root's position: its logits score the first drafted token
+            expected = torch.prod(torch.stack([p[start + i, text[0, start + i + 1]] for i in range(len(path) - 1)]))
+            assert float(tree.estimates[0, node]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_sampling_ceiling_accepts_every_level_when_the_target_is_near_greedy(llama):
+    """With q = p and a near one-hot p (T = 0.01 on a peaked tiny target), every level is accepted: the expected
+    tau per cycle is tree_depth + 1. At T = 1 it is below that, and it is one expectation per verification."""
+    from hf_specdec.bench.sampling_ceiling import self_drafted_generate
+
+    ids = torch.tensor([[5, 17, 42, 9, 33]])
+    tree = dict(tree_top_k=2, tree_depth=3, tree_total_tokens=8)
+    torch.manual_seed(0)
+    cold = llama.generate(ids, custom_generate=self_drafted_generate, draft_model=llama, max_new_tokens=24,
+                          do_sample=True, temperature=0.01, top_k=None, top_p=None, return_dict_in_generate=True, **tree)
+    assert cold.spec_stats.expected_tau == pytest.approx(4.0, abs=1e-3)
+    warm = llama.generate(ids, custom_generate=self_drafted_generate, draft_model=llama, max_new_tokens=24,
+                          do_sample=True, temperature=1.0, top_k=None, top_p=None, return_dict_in_generate=True, **tree)
+    stats = warm.spec_stats
+    assert 1.0 < stats.expected_tau < 4.0 and len(stats.expected_lengths) == stats.target_forwards - 1
+    with pytest.raises(ValueError, match="tree_depth \\+ 1"):
+        llama.generate(ids, custom_generate=self_drafted_generate, draft_model=llama, max_new_tokens=4, do_sample=False)

@@ -142,3 +142,17 @@ def test_multistep_training_lowers_every_steps_loss_and_resumes(tmp_path, monkey
     a, b = FSPADDraftModel.from_pretrained(straight).state_dict(), FSPADDraftModel.from_pretrained(resumed).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@torch.no_grad()
+def test_later_steps_take_step_one_target_logits_at_their_positions(pair):
+    """Steps j >= 2 reuse step 1's target logits (no second lm_head product): each equals a fresh product of the
+    target's next features at that step's trained positions."""
+    target, head = pair
+    batch = batch_for(target, rows=2, length=14)
+    results = unrolled_outputs(head, batch, None, steps=3)
+    f_next = batch["features"].float()[:, 1:]
+    for step, (_, _, next_features, target_logits) in enumerate(results, start=1):
+        keep = batch["loss_mask"][:, 1:] & (torch.arange(f_next.shape[1]) >= step - 1)
+        assert torch.equal(next_features, f_next[keep])
+        torch.testing.assert_close(target_logits, head.compute_logits(f_next[keep]), rtol=1e-6, atol=1e-6)

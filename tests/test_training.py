@@ -345,6 +345,29 @@ def test_a_continued_head_can_grow_extra_layers(tiny_features, tmp_path):
         train_mod.train(_args(tmp_path / "d", features, init=str(trained), extra_layers=0, max_steps=1), target=target)
 
 
+def test_extra_layers_train_at_their_own_rate(tiny_features, tmp_path):
+    """--extra-layers-lr puts the extra layers in an optimizer group of their own: with a zero rate for them, the
+    grown layer stays exactly at its start while the first layer moves (and with a zero rate for the rest, the
+    reverse); without extra layers the option is an error that names the fix."""
+    target, features = tiny_features
+    first = train_mod.train(_args(tmp_path / "a", features, max_steps=2, save_every=0), target=target)
+    grown = train_mod.train(_args(tmp_path / "g", features, init=str(first), extra_layers=1, epochs=0, save_every=0),
+                            target=target)
+    start = FSPADDraftModel.from_pretrained(grown).state_dict()  # the grown layer's initial weights (same seed)
+
+    def moved(run_dir, **rates):
+        out = train_mod.train(_args(run_dir, features, init=str(first), extra_layers=1, max_steps=3, save_every=0,
+                                    **rates), target=target)
+        after = FSPADDraftModel.from_pretrained(out).state_dict()
+        changed = {k for k in start if not torch.equal(start[k], after[k])}
+        return {k.startswith("extra_layers.") for k in changed}
+
+    assert moved(tmp_path / "b", extra_layers_lr=0.0) == {False}
+    assert moved(tmp_path / "c", lr=0.0, extra_layers_lr=1e-2) == {True}
+    with pytest.raises(ValueError, match="--extra-layers n"):
+        train_mod.train(_args(tmp_path / "d", features, init=str(first), extra_layers_lr=1e-3, max_steps=1), target=target)
+
+
 def test_a_continued_head_keeps_its_variant(tiny_features, tmp_path):
     """--init of an EAGLE-2 head continues it as EAGLE-2 without --variant; a --variant that contradicts the head
     is an error naming both."""

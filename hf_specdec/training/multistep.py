@@ -54,7 +54,7 @@ def unrolled_outputs(head, batch: dict, noise_generator: torch.Generator | None,
     # step 1 is causal attention (right padding never reaches a real position); later steps attend to the
     # keys the earlier steps left in this cache
     cache = DynamicCache() if steps > 1 else None
-    results, fed = [], f_in
+    results, fed, first_keep, first_target_logits = [], f_in, None, None
     for step in range(1, steps + 1):
         if step == 1:
             out = model(input_ids=tokens, features=fed, cache=cache)
@@ -64,8 +64,12 @@ def unrolled_outputs(head, batch: dict, noise_generator: torch.Generator | None,
                         attention_mask=step_mask(T, step, out.hidden_states.dtype, tokens.device))
         keep = trained & (torch.arange(T, device=tokens.device) >= step - 1)
         draft_logits = head.compute_logits(out.hidden_states[keep])
-        with torch.no_grad():
-            target_logits = head.compute_logits(f_next[keep].to(out.hidden_states.dtype))
+        if step == 1:
+            with torch.no_grad():
+                target_logits = head.compute_logits(f_next[keep].to(out.hidden_states.dtype))
+            first_keep, first_target_logits = keep, target_logits
+        else:  # step j's positions are a subset of step 1's, with the same targets: no lm_head product again
+            target_logits = first_target_logits[keep[first_keep]]
         results.append((out.features[keep], draft_logits, f_next[keep], target_logits))
         # step j's regressed feature at p - 1 is what step j + 1 reads at p (position 0 has none: never trained)
         fed = torch.cat([torch.zeros_like(out.features[:, :1]), out.features[:, :-1]], dim=1)

@@ -276,6 +276,19 @@ def save_checkpoint(accelerator, out_dir: Path, state: dict, keep: int = 2) -> N
 
 # ------------------------------------------------------------------------------------------------- train
 @torch.enable_grad()  # whatever the caller's grad mode
+def parameter_groups(head, lr: float, extra_layers_lr: float | None) -> list[dict]:
+    """The optimizer's parameter groups: one at `lr`, or with `extra_layers_lr` the extra decoder layers
+    (FSPADConfig.num_extra_layers) in a group of their own at that rate. A layer grown into a trained head starts
+    with zero output projections, so at the trained layer's continuation rate it barely moves in one epoch."""
+    if extra_layers_lr is None:
+        return [{"params": list(head.parameters()), "lr": lr}]
+    extra = [p for n, p in head.named_parameters() if n.startswith("extra_layers.")]
+    if not extra:
+        raise ValueError("--extra-layers-lr: the head has no extra layers; give --extra-layers n (n >= 1) as well.")
+    rest = [p for n, p in head.named_parameters() if not n.startswith("extra_layers.")]
+    return [{"params": rest, "lr": lr}, {"params": extra, "lr": extra_layers_lr}]
+
+
 def train(args, target=None, tokenizer=None) -> Path:
     """Train (or resume) per `args` (see `build_parser`). `target`/`tokenizer` skip loading the target again."""
     from transformers import get_cosine_schedule_with_warmup
@@ -337,7 +350,8 @@ def train(args, target=None, tokenizer=None) -> Path:
     if args.features:  # (features computed on the fly come from this very target)
         check_features_match(manifest, head, args.features)
 
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(head, args.lr, args.extra_layers_lr), lr=args.lr,
+                                  betas=(0.9, 0.95), weight_decay=args.weight_decay)
     steps_per_epoch = len(make_batches(train_samples, args.batch_tokens, seed=args.seed)) // accelerator.num_processes
     total_steps = args.max_steps or steps_per_epoch * args.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
@@ -450,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-layers", type=int, default=None,
                    help="decoder layers after the head's first, on the logit half (FSPADConfig.num_extra_layers); "
                         "with --init, a continued head grows to this many, the new ones starting as no-ops")
+    p.add_argument("--extra-layers-lr", type=float, default=None,
+                   help="learning rate of the extra decoder layers (default: --lr); the cosine schedule scales both")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")

@@ -22,7 +22,7 @@ def grow_tree(
     expand: ExpandFn,
     root_tokens: torch.Tensor,
     root_log_probs: torch.Tensor,
-    root_features: torch.Tensor,
+    root_features: torch.Tensor | None,
     top_k: int,
     depth: int,
     total_tokens: int,
@@ -32,7 +32,8 @@ def grow_tree(
     """Grow one EAGLE-2 tree per batch row.
 
     root_tokens [B]; root_log_probs [B, V] (the draft's next-token log-probs after the root);
-    root_features [B, H] (the draft's feature fed to the root's children). Node budget: total_tokens (root
+    root_features [B, H] (the draft's feature fed to the root's children; None for a drafter that reads none, such
+    as an ordinary causal LM). Node budget: total_tokens (root
     included). `should_expand(level, candidate log-scores [B, C], frontier log-scores [B, k])`, when given,
     is asked before each head step and ends the growth when it says no. Returns the kept nodes in creation
     order, with their path probabilities exp(cumulative draft log-probability) as estimates (EAGLE-2's
@@ -50,7 +51,8 @@ def grow_tree(
 
     frontier_ids = torch.arange(k, device=device).expand(B, k)  # candidate index of each frontier node
     frontier_tokens, frontier_scores = tokens, scores
-    frontier_features = root_features[:, None, :].expand(B, k, root_features.shape[-1])
+    # a drafter that reads no features (an ordinary causal LM) gives None, and gets None back
+    frontier_features = None if root_features is None else root_features[:, None, :].expand(B, k, root_features.shape[-1])
     slot_ancestors = torch.zeros(B, 0, 0, dtype=torch.bool, device=device)  # among the nodes fed to the draft
     frontier_parent_slots = torch.full((B, k), -1, dtype=torch.long, device=device)
 
@@ -78,7 +80,8 @@ def grow_tree(
         frontier_ids = n_cand + best
         frontier_tokens = child_tokens.gather(1, best)
         frontier_scores = best_scores
-        frontier_features = features.gather(1, parent_in_frontier[..., None].expand(-1, -1, features.shape[-1]))
+        if features is not None:
+            frontier_features = features.gather(1, parent_in_frontier[..., None].expand(-1, -1, features.shape[-1]))
         frontier_parent_slots = S + parent_in_frontier
         n_cand += k * k
 
