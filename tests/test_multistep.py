@@ -156,3 +156,47 @@ def test_later_steps_take_step_one_target_logits_at_their_positions(pair):
         keep = batch["loss_mask"][:, 1:] & (torch.arange(f_next.shape[1]) >= step - 1)
         assert torch.equal(next_features, f_next[keep])
         torch.testing.assert_close(target_logits, head.compute_logits(f_next[keep]), rtol=1e-6, atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("k", [24, 64])
+def test_chain_top_k_trains_only_chains_a_tree_could_hold(pair, k):
+    """With chain_top_k K, step j >= 2 keeps position p only if step j-1 ranked the true token x_{p+1} in its top
+    K at p - 1 and that position was kept (or made no prediction there); the kept rows are the unmasked run's
+    rows at those positions, and K = V masks nothing."""
+    from hf_specdec.training.multistep import in_top_k
+
+    target, head = pair
+    batch = batch_for(target, rows=2, length=14)
+    full = unrolled_outputs(head, batch, None, steps=3)
+    masked = unrolled_outputs(head, batch, None, steps=3, chain_top_k=k)
+    tokens, trained = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
+    T = tokens.shape[1]
+    reachable = torch.ones_like(trained)
+    kept_rows = []
+    for step in (1, 2, 3):
+        keep = trained & (torch.arange(T) >= step - 1)  # the unmasked run's positions
+        sel = reachable[keep]
+        kept_rows.append(int(sel.sum()))
+        for got, want in zip(masked[step - 1], full[step - 1]):  # (an lm_head product over fewer rows may round apart)
+            torch.testing.assert_close(got, want[sel], rtol=1e-5, atol=1e-6)
+        ranked = torch.ones_like(trained)
+        logits = full[step - 1][1]
+        for row, (b, p) in enumerate(keep.nonzero().tolist()):
+            if p + 1 < T:
+                ranked[b, p] = bool(in_top_k(logits[row : row + 1], tokens[b, p + 1 : p + 2], k))
+        reachable = torch.cat([torch.ones_like(trained[:, :1]), (reachable & ranked)[:, :-1]], dim=1)
+    assert kept_rows[2] < kept_rows[1] < kept_rows[0]  # the random head misses: both later steps lose rows
+    everything = unrolled_outputs(head, batch, None, steps=3, chain_top_k=full[0][1].shape[-1])
+    for got, want in zip(everything, full):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))  # the same rows: the same products
+
+
+def test_in_top_k_maps_draft_ids_to_target_ids():
+    from hf_specdec.training.multistep import in_top_k
+
+    logits = torch.tensor([[0.1, 3.0, 2.0], [5.0, 0.0, 1.0]])
+    draft_to_target = torch.tensor([7, 11, 13])
+    assert in_top_k(logits, torch.tensor([13, 13]), 2, draft_to_target).tolist() == [True, True]
+    assert in_top_k(logits, torch.tensor([7, 11]), 1, draft_to_target).tolist() == [False, False]
+    assert in_top_k(logits, torch.tensor([1, 0]), 1).tolist() == [True, True]

@@ -397,7 +397,7 @@ def train(args, target=None, tokenizer=None) -> Path:
                 batch = featurize(batch)
             noise = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1_000_003 + state["step"])
             with accelerator.autocast():
-                results = unrolled_outputs(raw_head, batch, noise, args.unroll, wrapped=head)
+                results = unrolled_outputs(raw_head, batch, noise, args.unroll, wrapped=head, chain_top_k=args.unroll_top_k)
                 loss, per_step = unrolled_loss(results, step_loss, args.unroll_decay)
             _, vloss, ploss = per_step[0]
             _, logits, _, target_logits = results[0]
@@ -479,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=10, help="K of the top-K distillation term")
     p.add_argument("--unroll", type=int, default=1, help="multi-step training: run the head this many steps "
                    "per batch, step j >= 2 on its own features (training/multistep.py); 1 is single-step training")
+    p.add_argument("--unroll-top-k", type=int, default=0,
+                   help="GRIFFIN's masking: step j >= 2 trains a position only where the earlier steps ranked the "
+                        "true tokens of its chain in their top K (chains a tree would hold); 0: every position")
     p.add_argument("--unroll-decay", type=float, default=0.8, help="weight decay^(j-1) of step j's loss")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
