@@ -606,3 +606,26 @@ def test_sample_stats_counts_tokens_and_lengths():
     s = sample_stats(samples)
     assert s["samples"] == 4 and s["tokens"] == 3610 and s["trained_tokens"] == 5 + 150 + 150 + 1500
     assert s["lengths"] == {"<=256": 1, "<=512": 2, "<=1024": 0, "<=2048": 0, ">2048": 1}
+
+
+def test_accepted_lengths_count_levels_until_the_first_miss():
+    """The chain rooted at p accepts level j only if step i hit at p + i - 1 for every i <= j."""
+    hits = [torch.tensor([[1, 1, 0, 1, 1]]), torch.tensor([[0, 1, 1, 1, 0]]), torch.tensor([[1, 1, 1, 1, 1]])]
+    got = train_mod.accepted_lengths([h.bool() for h in hits])
+    # p=0: step1@0 hit, step2@1 hit, step3@2 hit -> 3; p=1: step1@1, step2@2, step3@3 -> 3; p=2: step1@2 miss -> 0;
+    # p=3: step1@3, step2@4 miss -> 1; p=4: step1@4 hit, no step 2 beyond the end -> 1
+    assert got.tolist() == [[3.0, 3.0, 0.0, 1.0, 1.0]]
+
+
+def test_evaluate_chain_lengths_agree_with_the_step_accuracies(tiny_features):
+    """One level deep, the chain's accepted length is top-1 and the 4-ary tree's is top-4 agreement; deeper, the
+    lengths grow, the tree's at least the chain's, and never more than the depth."""
+    target, features = tiny_features
+    samples = load_samples(features)
+    torch.manual_seed(0)
+    head = FSPADDraftModel.from_target(target).float()
+    one = train_mod.evaluate(head, samples, 256, top_k=4, steps=1)
+    assert one["chain1"] == pytest.approx(one["top1"]) and one["chain4"] == pytest.approx(one["top4"])
+    three = train_mod.evaluate(head, samples, 256, steps=3)
+    assert one["chain1"] <= three["chain1"] <= three["chain4"] <= 3
+    assert three["chain4"] > one["chain4"]

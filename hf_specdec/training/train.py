@@ -141,6 +141,23 @@ def target_probabilities(head, target_logits: torch.Tensor, features: torch.Tens
     return (target_logits.float() - log_normaliser).exp()
 
 
+def accepted_lengths(hits: list[torch.Tensor]) -> torch.Tensor:
+    """Draft tokens a drafted chain of len(hits) levels accepts at greedy, per position: hits[j-1] [B, T] says
+    whether step j at position p drafted the target's next token (its argmax within the drafted candidates), and
+    the level-j draft of the chain rooted at p is step j's at p + j - 1, reached only if every level before it
+    was accepted: sum_j prod_{i <= j} hits[i-1][p + i - 1]. Exact with teacher forcing: an accepted draft is the
+    true token, so the next level reads the input training fed it. [B, T]."""
+    B, T = hits[0].shape
+    alive = torch.ones(B, T, dtype=torch.bool, device=hits[0].device)
+    total = torch.zeros(B, T, device=hits[0].device)
+    for i, hit in enumerate(hits):
+        shifted = torch.zeros_like(alive)
+        shifted[:, : T - i] = hit[:, i:]  # level i + 1 of the chain at p: step i + 1 at p + i
+        alive = alive & shifted
+        total += alive.float()
+    return total
+
+
 @torch.no_grad()
 def evaluation_sums(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps: int = 1, featurize=None,
                     children: int = 4) -> dict:
@@ -154,6 +171,7 @@ def evaluation_sums(head, samples: list[dict], batch_tokens: int, top_k: int = 3
             f"accept{children}": 0.0, "confidence1": 0.0, "tokens": 0}
     for j in range(2, steps + 1):
         sums.update({f"top1_step{j}": 0.0, f"accept1_step{j}": 0.0, f"count_step{j}": 0})
+    sums.update({"chain1": 0.0, f"chain{children}": 0.0})
     for idx in make_batches(samples, batch_tokens, seed=0):
         batch = collate([samples[i] for i in idx])
         if featurize is not None:
@@ -182,6 +200,17 @@ def evaluation_sums(head, samples: list[dict], batch_tokens: int, top_k: int = 3
             p_step = target_probabilities(head, step_target, step_features)
             sums[f"accept1_step{j}"] += float(deterministic_acceptance(p_step, drafted).sum())
             sums[f"count_step{j}"] += step_logits.shape[0]
+        # greedy accepted lengths of a top-1 chain and of a full `children`-ary tree, `steps` levels deep
+        trained = batch["loss_mask"][:, 1:]
+        positions = torch.arange(trained.shape[1], device=trained.device)
+        for width in (1, children):
+            hits = []
+            for j, (_, step_logits, _, step_target) in enumerate(results, start=1):
+                hit = torch.zeros_like(trained)
+                ranked_j = step_logits.topk(width, dim=-1).indices
+                hit[trained & (positions >= j - 1)] = (ranked_j == step_target.argmax(-1, keepdim=True)).any(-1)
+                hits.append(hit)
+            sums[f"chain{width}"] += float(accepted_lengths(hits)[trained].sum())
     head.train(was_training)
     return sums
 
@@ -215,7 +244,10 @@ def evaluate(head, samples: list[dict], batch_tokens: int, top_k: int = 3, steps
     drafted tokens (`deterministic_acceptance`): `accept1` is the acceptance of the head's top-1 (a chain step;
     `accept1_step{j}` at step j), `accept{children}` of its `children` best tokens (a tree node's children at the
     default top-k), `confidence1` the head's own probability of its top-1. A head whose `confidence1` exceeds
-    its `accept1` is over-confident, and its path probabilities overestimate acceptance when they size trees."""
+    its `accept1` is over-confident, and its path probabilities overestimate acceptance when they size trees.
+    `chain1` / `chain{children}`: the draft tokens a greedy cycle would accept from a top-1 chain / a full
+    `children`-ary tree `steps` levels deep rooted at each position (`accepted_lengths`): tau - 1 of those trees
+    on held-back text, without sizing or a node budget."""
     return evaluation_means(evaluation_sums(head, samples, batch_tokens, top_k, steps, featurize, children))
 
 
@@ -582,7 +614,8 @@ def evaluate_main(argv=None):
         p.error("--int8 is for --samples (evaluate with --features reads stored features; give the sample files).")
     later = range(2, args.steps + 1)
     columns = (["top-1", "top-3"] + [f"top-1 step {j}" for j in later]
-               + ["T=1 accept top-1", "T=1 accept top-4", "head's p(top-1)"] + [f"T=1 accept step {j}" for j in later])
+               + ["T=1 accept top-1", "T=1 accept top-4", "head's p(top-1)"] + [f"T=1 accept step {j}" for j in later]
+               + [f"tau, chain of {args.steps}", f"tau, 4-ary tree of {args.steps}"])
     print("| head | data | " + "".join(f"{c} | " for c in columns) + "positions |")
     print("|---|---|" + "---|" * len(columns) + "---|")
 
@@ -590,7 +623,8 @@ def evaluate_main(argv=None):
             + [f"accept1_step{j}" for j in later])
 
     def report(head_dir, name, r):
-        print(f"| {head_dir} | {name} | " + "".join(f"{r[k]:.1%} | " for k in keys) + f"{r['tokens']:,} |", flush=True)
+        print(f"| {head_dir} | {name} | " + "".join(f"{r[k]:.1%} | " for k in keys)
+              + f"{1 + r['chain1']:.3f} | {1 + r['chain4']:.3f} | {r['tokens']:,} |", flush=True)
 
     if args.features:
         for head_dir, r in evaluate_heads(args.heads, args.features, args.val_fraction, args.batch_tokens,
