@@ -4,6 +4,7 @@ never pays degrades every cycle to a plain decoding step)."""
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -189,6 +190,7 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_SPECDEC_CACHE", str(tmp_path))
     monkeypatch.setattr(calibration, "_MEMORY", {})
+    monkeypatch.setattr(calibration, "machine_busy", lambda model: None)  # (the suite itself may load the CPU)
     calls = []
     real = calibration.measure_costs
     monkeypatch.setattr(calibration, "measure_costs", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -209,6 +211,32 @@ def test_cost_curve_is_measured_once_and_cached(tmp_path, monkeypatch):
     alone = calibration.cost_curve_for(target, head, isolated=True)
     assert CostCurve.from_dict(stored["isolated"]) == alone
     assert calibration.cost_curve_for(target, head) == refit_curve(alone, fit["level"], fit["slope"], fit["head"])
+
+
+def test_costs_measured_on_a_busy_machine_are_used_but_not_cached(tmp_path, monkeypatch, caplog):
+    """A curve timed while another job loads the CPU would size every later tree wrongly: it serves the process
+    that measured it, with a warning naming the load and the fix, and is not written; measured on a quiet machine
+    it is."""
+    import logging
+
+    from hf_specdec.strategies import calibration
+
+    monkeypatch.setenv("HF_SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(calibration, "_MEMORY", {})
+    cores = os.cpu_count() or 1
+    target = tiny_target(seed=6)
+    head = FSPADDraftModel.from_target(target)
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (cores + 2.0, 1.0, 1.0))
+    assert calibration.machine_busy(target) == f"1-minute load average {cores + 2.0:.1f} on {cores} cores"
+    with caplog.at_level(logging.WARNING, logger="hf_specdec"):
+        busy_curve = calibration.cost_curve_for(target, head)
+    assert "not cached" in caplog.text and "hf-specdec calibrate --refresh" in caplog.text
+    assert not list(tmp_path.glob("costs/*.json"))
+    assert calibration.cost_curve_for(target, head) is busy_curve  # this process keeps it
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (cores - 0.5, 1.0, 1.0))
+    assert calibration.machine_busy(target) is None
+    calibration.cost_curve_for(target, head, refresh=True)
+    assert len(list(tmp_path.glob("costs/*.json"))) == 1
 
 
 def test_cost_key_is_the_shapes_not_the_folder(tmp_path):

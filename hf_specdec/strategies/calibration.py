@@ -247,6 +247,16 @@ def cost_cache_path(model, head, int8: bool | None = None, prepack: bool | None 
     return cache_dir() / "costs" / f"{cost_key(model, head, int8, prepack)}.json"
 
 
+def machine_busy(model) -> str | None:
+    """Why costs measured now would time contention rather than this machine, or None: on a CPU, a 1-minute load
+    average above its core count (another job competing for the cores; a decode of our own adds at most its
+    threads). A curve measured then sizes every later tree wrongly, so it is not cached."""
+    if model.device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    return f"1-minute load average {load:.1f} on {cores} cores" if load > cores + 0.5 else None
+
+
 def _load_or_measure(model, head, path, refresh: bool, prepack: bool) -> tuple[CostCurve, CostCurve]:
     if path.is_file() and not refresh:
         stored = json.loads(path.read_text())
@@ -256,6 +266,11 @@ def _load_or_measure(model, head, path, refresh: bool, prepack: bool) -> tuple[C
     with prepacked_linears(model, prepack):
         alone = measure_costs(model, head)
     curve, record = fitted_curve(model, head, alone, prepack)
+    busy = machine_busy(model)
+    if busy:
+        logger.warning("hf_specdec: the machine was busy while its costs were measured (%s): this process sizes trees "
+                       "with them, but they are not cached; run `hf-specdec calibrate --refresh` when it is quiet.", busy)
+        return curve, alone
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # whole or absent for another process reading it
     tmp.write_text(json.dumps({**curve.to_dict(), "isolated": alone.to_dict(), "cycle_fit": record}, indent=1))
