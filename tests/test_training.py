@@ -629,3 +629,15 @@ def test_evaluate_chain_lengths_agree_with_the_step_accuracies(tiny_features):
     three = train_mod.evaluate(head, samples, 256, steps=3)
     assert one["chain1"] <= three["chain1"] <= three["chain4"] <= 3
     assert three["chain4"] > one["chain4"]
+
+
+def test_training_runs_whatever_the_callers_grad_mode(tiny_features, tmp_path):
+    """`train` enables gradients itself: called under torch.no_grad() (as from a notebook cell that evaluated
+    first) it still takes its steps and moves the head."""
+    target, features = tiny_features
+    torch.manual_seed(0)
+    start = FSPADDraftModel.from_target(target).state_dict()
+    with torch.no_grad():
+        out = train_mod.train(_args(tmp_path, features, max_steps=2, save_every=0), target=target)
+    after = FSPADDraftModel.from_pretrained(out).state_dict()
+    assert any(not torch.equal(start[k], after[k]) for k in start if k in after and start[k].is_floating_point())

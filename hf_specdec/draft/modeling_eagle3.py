@@ -135,6 +135,6 @@ class Eagle3DraftModel(DraftHead):
         if self.extra_layers:
             extra = decoding_parts(self, "extra", lambda: [decoder_layer_parts(x, int8) for x in self.extra_layers], int8,
                                    self.config._attn_implementation)
-            for layer, layer_parts in zip(self.extra_layers, extra):
-                out = decoder_layer_step(layer, out, cos_sin, attention_mask, cache, is_causal, layer_parts)
+            for extra_layer, layer_parts in zip(self.extra_layers, extra):
+                out = decoder_layer_step(extra_layer, out, cos_sin, attention_mask, cache, is_causal, layer_parts)
         return DraftOutput(hidden_states=rms_norm(self.norm, out), features=out, cache=cache)

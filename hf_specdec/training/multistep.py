@@ -42,6 +42,12 @@ def step_mask(T: int, step: int, dtype: torch.dtype, device=None) -> torch.Tenso
     return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
 
 
+def step_positions(trained: torch.Tensor, step: int) -> torch.Tensor:
+    """bool [B, T]: the positions unrolled step `step` is trained at (without chain masking): trained ones where its
+    whole chain exists, p >= step - 1. `unrolled_outputs` returns that step's rows in this order."""
+    return trained & (torch.arange(trained.shape[1], device=trained.device) >= step - 1)
+
+
 def in_top_k(draft_logits: torch.Tensor, tokens: torch.Tensor, k: int, draft_to_target: torch.Tensor | None = None):
     """bool [N]: whether target token tokens[n] is among the k highest draft_logits[n] ([N, V'], draft ids that
     `draft_to_target` maps to target ids; None: V' is the target vocabulary)."""
@@ -70,7 +76,6 @@ def unrolled_outputs(head, batch: dict, noise_generator: torch.Generator | None,
     # keys the earlier steps left in this cache
     cache = DynamicCache() if steps > 1 else None
     results, fed, first_keep, first_target_logits = [], f_in, None, None
-    positions = torch.arange(T, device=tokens.device)
     reachable = torch.ones_like(trained)  # where this step's chain could be in a drafted tree
     next_tokens = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)  # x_{p+2} at p
     to_target = head.draft_to_target if getattr(head.config, "draft_vocab_size", None) is not None else None
@@ -81,7 +86,7 @@ def unrolled_outputs(head, batch: dict, noise_generator: torch.Generator | None,
             out = model(input_ids=tokens, features=fed, cache=cache,
                         position_ids=torch.arange(T, device=tokens.device)[None],
                         attention_mask=step_mask(T, step, out.hidden_states.dtype, tokens.device))
-        keep = trained & (positions >= step - 1) & reachable
+        keep = step_positions(trained, step) & reachable
         draft_logits = head.compute_logits(out.hidden_states[keep])
         if step == 1:
             with torch.no_grad():

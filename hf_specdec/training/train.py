@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .features import is_validation, load_samples, read_manifest
 from .losses import fspad_loss
-from .multistep import unrolled_loss, unrolled_outputs
+from .multistep import step_positions, unrolled_loss, unrolled_outputs
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -202,13 +202,12 @@ def evaluation_sums(head, samples: list[dict], batch_tokens: int, top_k: int = 3
             sums[f"count_step{j}"] += step_logits.shape[0]
         # greedy accepted lengths of a top-1 chain and of a full `children`-ary tree, `steps` levels deep
         trained = batch["loss_mask"][:, 1:]
-        positions = torch.arange(trained.shape[1], device=trained.device)
         for width in (1, children):
             hits = []
             for j, (_, step_logits, _, step_target) in enumerate(results, start=1):
                 hit = torch.zeros_like(trained)
                 ranked_j = step_logits.topk(width, dim=-1).indices
-                hit[trained & (positions >= j - 1)] = (ranked_j == step_target.argmax(-1, keepdim=True)).any(-1)
+                hit[step_positions(trained, j)] = (ranked_j == step_target.argmax(-1, keepdim=True)).any(-1)
                 hits.append(hit)
             sums[f"chain{width}"] += float(accepted_lengths(hits)[trained].sum())
     head.train(was_training)
@@ -307,7 +306,6 @@ def save_checkpoint(accelerator, out_dir: Path, state: dict, keep: int = 2) -> N
 
 
 # ------------------------------------------------------------------------------------------------- train
-@torch.enable_grad()  # whatever the caller's grad mode
 def parameter_groups(head, lr: float, extra_layers_lr: float | None) -> list[dict]:
     """The optimizer's parameter groups: one at `lr`, or with `extra_layers_lr` the extra decoder layers
     (FSPADConfig.num_extra_layers) in a group of their own at that rate. A layer grown into a trained head starts
@@ -321,6 +319,7 @@ def parameter_groups(head, lr: float, extra_layers_lr: float | None) -> list[dic
     return [{"params": rest, "lr": lr}, {"params": extra, "lr": extra_layers_lr}]
 
 
+@torch.enable_grad()  # whatever the caller's grad mode
 def train(args, target=None, tokenizer=None) -> Path:
     """Train (or resume) per `args` (see `build_parser`). `target`/`tokenizer` skip loading the target again."""
     from transformers import get_cosine_schedule_with_warmup
